@@ -1,0 +1,1 @@
+"""HTTP service that starts helmsman as a one-off Job from the helmsman CronJob."""

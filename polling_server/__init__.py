@@ -1,0 +1,1 @@
+"""Polls GitHub (or any git remote) and a Helm repository; builds images and requests helmsman applies."""
