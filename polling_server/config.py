@@ -233,7 +233,7 @@ def _relative(v: str) -> str | None:
 
 def _repository(r: _Reader) -> RepositorySettings:
     repo = r.get("repo", str, None, lambda v: None if _REPO.match(v) else "must be owner/name")
-    url = r.get("url", str, None)
+    url = r.get("url", str, None, lambda v: "must not start with '-'" if v.startswith("-") else None)
     if bool(repo) == bool(url):
         r.fail("give exactly one of `repo: owner/name` (GitHub) or `url:` (any git remote)")
     build_args = r.get("build_args", dict, {})

@@ -22,6 +22,7 @@ class GitRepo:
     """`remote` is a bare repository (what the poller watches); `work` is a clone that makes changes."""
 
     def __init__(self, root: Path, branch: str = "master"):
+        root = root.resolve()
         self.remote = root / "remote.git"
         self.work = root / "work"
         self.branch = branch

@@ -1,0 +1,133 @@
+"""Command line: `polling-server --config FILE [--once] [--dry-run]`, `check-config`, `status`.
+
+Exit codes: 0 when the daemon or the cycle ran (even if some repository failed: that is logged and counted),
+2 on bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from polling_server.config import Settings, load_settings
+from polling_server.errors import ConfigError
+from polling_server.logs import setup_logging
+from polling_server.versions import parse_release_tag
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="polling-server",
+        description="Poll GitHub / git remotes and a Helm repository; build images and request helmsman applies.",
+    )
+    p.add_argument("command", nargs="?", choices=["run", "check-config", "status"], default="run",
+                   help="run (default): the daemon; check-config: validate and exit; status: what is stored")
+    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    p.add_argument("--once", action="store_true", help="run one full cycle (poll, build, apply) and exit")
+    p.add_argument("--dry-run", action="store_true", help="plan and report, but save, build and post nothing")
+    p.add_argument("--log-format", choices=["text", "json"], help="overrides log_format of the configuration")
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config}: OK ({len(settings.repositories)} repositories"
+              f"{', chart repository ' + settings.chart_repository.url if settings.chart_repository else ''})")
+        return 0
+    if args.command == "status":
+        return _status(settings, args.json)
+
+    setup_logging(args.log_format or settings.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    from polling_server.daemon import Daemon
+
+    daemon = Daemon(settings, dry_run=args.dry_run)
+    if not args.once:
+        daemon.run_forever()
+        return 0
+    try:
+        report = daemon.run_once()
+    finally:
+        daemon.stop()
+    _print_once(report, args.dry_run)
+    return 0
+
+
+def _print_once(report, dry_run: bool) -> None:
+    c = report.cycle
+    verb = "would build" if dry_run else "planned"
+    print(f"cycle: {c.polled} polled, {c.skipped} not due, {len(c.failed)} failed; "
+          f"{len(c.planned)} build(s) {verb}")
+    for b in c.planned:
+        version = f" version {b.version}" if b.version else ""
+        print(f"  {verb}: {b.repo} {b.kind.value} {b.ref} {b.sha[:12]}{version}")
+    for name, why in c.failed.items():
+        print(f"  failed: {name}: {why}")
+    for b in report.builds:
+        print(f"  build {b.status.value}: {b.repo} {b.ref} {b.sha[:12]} "
+              + (" ".join(b.pushed_tags) + f" {b.digest}" if b.digest else (b.error or "")))
+    if report.chart_plan is not None and report.chart_plan.changes:
+        print("  charts changed: " + ", ".join(ch.describe() for ch in report.chart_plan.changes))
+    if report.chart_error:
+        print(f"  chart poll failed: {report.chart_error}")
+    for a in report.applies:
+        print(f"  apply {a.status}: job={a.job} state={a.job_state}" + (f" ({a.last_error})" if a.last_error else ""))
+
+
+def _status(settings: Settings, as_json: bool) -> int:
+    from polling_server.state import StateStore
+
+    store = StateStore(settings.state_path)
+    rows = []
+    for repo in settings.repositories:
+        state = store.repo_state(repo.name)
+        releases = sorted((v, t) for t, v in ((t, parse_release_tag(t)) for t in state.tags) if v is not None)
+        builds = store.builds(repo=repo.name, limit=1)
+        last = builds[0] if builds else None
+        rows.append({
+            "repository": repo.name,
+            "branch": repo.branch,
+            "baseline": state.baseline,
+            "head": state.branch_head,
+            "latest_tag": releases[-1][1] if releases else None,
+            "last_build": None if last is None else {
+                "id": last.id, "kind": last.kind.value, "ref": last.ref, "sha": last.sha,
+                "status": last.status.value, "attempts": last.attempts, "error": last.error,
+                "tags": list(last.pushed_tags), "digest": last.digest,
+                "finished": _when(last.finished_at)},
+        })
+    applies = [{"id": a.id, "status": a.status, "job": a.job, "state": a.job_state, "error": a.last_error,
+                "charts": [c.describe() for c in a.changes]} for a in store.applies(limit=5)]
+    store.close()
+    if as_json:
+        print(json.dumps({"repositories": rows, "applies": applies}, indent=2))
+        return 0
+    print(f"{'REPOSITORY':30} {'BRANCH':12} {'HEAD':13} {'LATEST TAG':12} LAST BUILD")
+    for r in rows:
+        b = r["last_build"]
+        build = "-" if b is None else (f"#{b['id']} {b['kind']} {b['ref']} {b['sha'][:12]} {b['status']}"
+                                       + (f" ({b['error'][:60]})" if b["error"] else ""))
+        print(f"{r['repository'][:30]:30} {r['branch'][:12]:12} {(r['head'] or '-')[:12]:13} "
+              f"{(r['latest_tag'] or '-')[:12]:12} {build}")
+    for a in applies:
+        print(f"apply #{a['id']} {a['status']} job={a['job'] or '-'} {', '.join(a['charts'])}"
+              + (f" ({a['error']})" if a["error"] else ""))
+    return 0
+
+
+def _when(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""One poll cycle over the configured repositories: fetch -> plan -> save (the builds run elsewhere).
+
+Repositories are polled concurrently (bounded by `max_concurrent_polls`), each on its own: a failing repository
+is logged and counted and never stops the others. GitHub's rate limit is per token, so a rate-limit answer pauses
+every GitHub repository until the time GitHub gives (logged once per episode); git remotes go on. A repository is
+not polled again before the server's X-Poll-Interval has passed. The state is written only when something
+changed, in one transaction with the builds planned (see state.py); a dry run plans and reports but saves nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from polling_server.config import RepositorySettings, Settings
+from polling_server.errors import RateLimited, SourceError
+from polling_server.logs import log_event
+from polling_server.metrics import Metrics
+from polling_server.model import BuildRequest
+from polling_server.planner import plan_repository
+from polling_server.sources import RepositorySource
+from polling_server.state import Cursor, StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleReport:
+    polled: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    planned: list[BuildRequest] = field(default_factory=list)
+    counted_requests: int = 0
+    not_modified: int = 0
+
+
+class RepositoryPoller:
+    def __init__(self, settings: Settings, store: StateStore, metrics: Metrics,
+                 sources: dict[str, RepositorySource], clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.sources = sources
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._not_before: dict[str, float] = {}  # repo -> earliest next poll (X-Poll-Interval)
+        self._paused_until: dict[str, float] = {}  # source kind -> end of a rate-limit episode
+        self.last_cycle_at: float | None = None
+
+    def poll_all(self, dry_run: bool = False) -> CycleReport:
+        report = CycleReport()
+        repos = self.settings.repositories
+        workers = max(1, min(self.settings.max_concurrent_polls, len(repos)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="poll") as pool:
+            for repo, outcome in zip(repos, pool.map(lambda r: self._poll_guarded(r, dry_run), repos), strict=True):
+                self._add(report, repo, outcome)
+        self.last_cycle_at = self._clock()
+        self.metrics.last_cycle.labels("repositories").set(self.last_cycle_at)
+        return report
+
+    @staticmethod
+    def _add(report: CycleReport, repo: RepositorySettings, outcome) -> None:
+        if outcome is None:
+            report.skipped += 1
+        elif isinstance(outcome, str):
+            report.failed[repo.name] = outcome
+        else:
+            plan, counted, not_modified = outcome
+            report.polled += 1
+            report.planned.extend(plan.builds)
+            report.counted_requests += counted
+            report.not_modified += not_modified
+
+    def _poll_guarded(self, repo: RepositorySettings, dry_run: bool):
+        try:
+            return self.poll_one(repo, dry_run)
+        except RateLimited as e:
+            return str(e)  # logged once per episode by _pause
+        except SourceError as e:
+            self.metrics.polls.labels(repo.kind, "failed").inc()
+            log_event(log, "poll.failed", "warning", str(e), repo=repo.name, reason=str(e))
+            return str(e)
+        except Exception as e:  # noqa: BLE001 - one repository's bug must not stop the others
+            self.metrics.polls.labels(repo.kind, "failed").inc()
+            log.exception("poll of %s failed unexpectedly", repo.name, extra={"event": "poll.failed",
+                                                                              "fields": {"repo": repo.name}})
+            return f"{type(e).__name__}: {e}"
+
+    def poll_one(self, repo: RepositorySettings, dry_run: bool = False):
+        """Poll one repository. Returns (plan, counted requests, 304s), or None when it is not due yet."""
+        now = self._clock()
+        with self._lock:
+            if self._paused_until.get(repo.kind, 0) > now or self._not_before.get(repo.name, 0) > now:
+                return None
+        source = self.sources[repo.kind]
+        state = self.store.repo_state(repo.name)
+        reconcile_key = f"reconciled:{repo.name}"
+        last_reconcile = float(self.store.cursor(reconcile_key).value or 0)
+        reconcile = not state.baseline or now - last_reconcile >= self.settings.reconcile_interval_seconds
+        try:
+            polled = source.poll(repo, self.store, state, reconcile)
+        except RateLimited as e:
+            self._pause(repo.kind, e)
+            raise
+        self.metrics.counted_requests.inc(polled.counted_requests)
+        self.metrics.not_modified.labels(repo.kind).inc(polled.not_modified)
+        for why in polled.skipped:
+            log_event(log, "poll.skipped", "warning", why, repo=repo.name)
+        if polled.poll_interval:
+            with self._lock:
+                self._not_before[repo.name] = now + polled.poll_interval
+
+        plan = plan_repository(repo, polled.observation, state)
+        for d in plan.decisions:
+            log_event(log, d.event, d.level, **d.fields)
+        for b in plan.builds:
+            self.metrics.builds_planned.labels(b.kind.value).inc()
+        self.metrics.polls.labels(repo.kind, "ok").inc()
+
+        cursors = dict(polled.cursors)
+        if reconcile:
+            cursors[reconcile_key] = Cursor(value=repr(now))
+        changed = plan.new_state != state or plan.builds
+        cursors = {k: c for k, c in cursors.items() if c != self.store.cursor(k)} if not changed else cursors
+        if not dry_run and (changed or cursors or polled.tag_objects):
+            self.store.save_poll(repo.name, plan if changed else None, cursors, polled.tag_objects,
+                                 max_attempts=self.settings.builds.retries + 1)
+        return plan, polled.counted_requests, polled.not_modified
+
+    def _pause(self, kind: str, e: RateLimited) -> None:
+        with self._lock:
+            already = self._paused_until.get(kind, 0) > self._clock()
+            self._paused_until[kind] = max(self._paused_until.get(kind, 0), e.resume_at)
+        if not already:
+            self.metrics.rate_limited.inc()
+            log_event(log, "poll.rate_limited", "warning", str(e), source=kind,
+                      resume_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.resume_at)))
+

@@ -1,0 +1,311 @@
+"""Repository source for GitHub (and GitHub Enterprise): the Events API as a cheap change detector, the git refs
+API as the truth.
+
+Why both: the events feed is built for conditional polling (a 304 costs nothing against the rate limit) but lags
+30 s to 6 h and sometimes loses events, and post-2025 payloads no longer carry a tag's commit. So an event only
+says *which* refs to look at; the branch head and the tags are then read from `git/ref/heads/<branch>` and
+`git/matching-refs/tags` (conditional too), and annotated tags are peeled through `git/tags/<sha>` (cached: tag
+objects never change). A reconcile poll reads the refs whatever the feed says, catching lost or late events.
+Pagination of the feed stops at the newest event seen last time. Rate limits raise `RateLimited` with the time
+to resume; the token travels in the Authorization header only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+import requests
+
+from polling_server.config import GitHubSettings, RepositorySettings
+from polling_server.errors import MalformedResponse, RateLimited, SourceRejected, SourceUnavailable
+from polling_server.http import HttpClient, Unreachable, retry_after_seconds
+from polling_server.logs import log_event
+from polling_server.model import Observation, RepoState
+from polling_server.sources import CursorReader, SourcePoll
+from polling_server.state import Cursor
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_PAGES = 3  # GitHub serves at most 300 events: 3 pages of 100
+_NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
+_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+def _next_link(resp: requests.Response) -> str | None:
+    m = _NEXT.search(resp.headers.get("Link", ""))
+    return m.group(1) if m else None
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.counted = 0
+        self.not_modified = 0
+
+
+def relevant_refs(events: list, branch: str) -> tuple[bool, bool, list[str]]:
+    """Which refs an events page says changed: (branch?, tags?, skipped malformed events).
+
+    A merge shows up as a PushEvent on the branch; a PullRequestEvent (closed+merged or "merged") is deliberately
+    not a signal of its own, so one merge is one build.
+    """
+    branch_ref = f"refs/heads/{branch}"
+    need_branch = need_tags = False
+    skipped = []
+    for ev in events:
+        if not isinstance(ev, dict) or not isinstance(ev.get("payload"), dict) or not isinstance(ev.get("type"), str):
+            skipped.append(f"event {ev.get('id') if isinstance(ev, dict) else '?'}: no type or payload")
+            continue
+        kind, payload = ev["type"], ev["payload"]
+        if kind == "PushEvent":
+            ref = payload.get("ref")
+            if not isinstance(ref, str):
+                skipped.append(f"event {ev.get('id')}: PushEvent without ref")
+                continue
+            need_branch |= ref == branch_ref
+            need_tags |= ref.startswith("refs/tags/")
+        elif kind in ("CreateEvent", "DeleteEvent"):
+            ref_type, ref = payload.get("ref_type"), payload.get("ref")
+            if ref_type == "tag":
+                need_tags = True
+            elif ref_type == "branch" and ref == branch:
+                need_branch = True
+    return need_branch, need_tags, skipped
+
+
+class GitHubSource:
+    kind = "github"
+
+    def __init__(self, settings: GitHubSettings, http: HttpClient | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.api = settings.api_url.rstrip("/")
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
+                   "User-Agent": "helmsman-cd-poller"}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
+        self.http = http or HttpClient(timeout=settings.timeout_seconds, max_retries=settings.max_retries,
+                                       backoff_seconds=settings.backoff_seconds, headers=headers)
+        if http is not None:
+            self.http.headers.update(headers)
+        self._clock = clock
+        self._rate_limit_episodes = 0
+
+    # --- HTTP with GitHub's rules --------------------------------------------------------------------------
+    def _get(self, url: str, counter: _Counter, cursor: Cursor | None = None, what: str = "") -> requests.Response:
+        headers = {}
+        if cursor is not None and cursor.etag:
+            headers["If-None-Match"] = cursor.etag
+        try:
+            resp = self.http.get(url, headers=headers)
+        except Unreachable as e:
+            raise SourceUnavailable(f"GitHub {what}: {e}") from e
+        if resp.status_code == 304:
+            counter.not_modified += 1
+        else:
+            counter.counted += 1
+        if resp.status_code in (403, 429):
+            self._raise_rate_limit_or_rejection(resp, what)
+        self._rate_limit_episodes = 0 if resp.ok else self._rate_limit_episodes
+        if resp.status_code in (401, 403):
+            raise SourceRejected(f"GitHub {what}: HTTP {resp.status_code} ({_message(resp)}); check github.token",
+                                 resp.status_code)
+        return resp
+
+    def _raise_rate_limit_or_rejection(self, resp: requests.Response, what: str) -> None:
+        now = self._clock()
+        retry_after = retry_after_seconds(resp.headers.get("retry-after"), now)
+        remaining = resp.headers.get("x-ratelimit-remaining")
+        reset = resp.headers.get("x-ratelimit-reset")
+        message = _message(resp)
+        if retry_after is not None:
+            resume = now + retry_after
+        elif remaining == "0" and reset and reset.isdigit():
+            resume = max(float(reset), now + 1)
+        elif resp.status_code == 429 or "rate limit" in message.lower():
+            # Secondary limit without a hint: at least a minute, doubling per consecutive episode.
+            self._rate_limit_episodes += 1
+            resume = now + self.settings.rate_limit_backoff_seconds * 2 ** min(self._rate_limit_episodes - 1, 6)
+        else:
+            return
+        raise RateLimited(f"GitHub {what}: rate limited (HTTP {resp.status_code}: {message})", resume)
+
+    def _json(self, resp: requests.Response, what: str):
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise MalformedResponse(f"GitHub {what}: the answer is not JSON") from e
+
+    def _check(self, resp: requests.Response, what: str) -> None:
+        if resp.status_code >= 400:
+            raise SourceRejected(f"GitHub {what}: HTTP {resp.status_code} ({_message(resp)})", resp.status_code)
+
+    # --- the poll ---------------------------------------------------------------------------------------------
+    def poll(self, repo: RepositorySettings, cursors: CursorReader, state: RepoState, reconcile: bool) -> SourcePoll:
+        counter = _Counter()
+        base = f"{self.api}/repos/{repo.repo}"
+        new_cursors: dict[str, Cursor] = {}
+        events_key = f"events:{repo.name}"
+        need_branch, need_tags, skipped, poll_interval, events_cursor = self._read_events(
+            base, repo.branch, cursors.cursor(events_key), counter, first=not state.baseline)
+        if events_cursor is not None:
+            new_cursors[events_key] = events_cursor
+        if reconcile or not state.baseline:
+            need_branch = need_tags = True
+
+        branch_checked, head = False, None
+        if need_branch:
+            head, cur = self._read_branch(base, repo.branch, cursors.cursor(f"branch:{repo.name}"), counter)
+            branch_checked = True
+            new_cursors[f"branch:{repo.name}"] = cur
+        tags = None
+        tag_objects: dict[str, str] = {}
+        if need_tags:
+            tags, cur, tag_objects = self._read_tags(base, cursors, f"tags:{repo.name}", counter)
+            new_cursors[f"tags:{repo.name}"] = cur
+        return SourcePoll(
+            observation=Observation(branch_checked, head, tags),
+            cursors=new_cursors,
+            tag_objects=tag_objects,
+            poll_interval=poll_interval,
+            counted_requests=counter.counted,
+            not_modified=counter.not_modified,
+            skipped=tuple(skipped),
+        )
+
+    def _read_events(self, base: str, branch: str, cursor: Cursor, counter: _Counter, first: bool):
+        """-> (branch changed?, tags changed?, skipped, X-Poll-Interval, new cursor or None)."""
+        url = f"{base}/events?per_page=100"
+        resp = self._get(url, counter, cursor, "events")
+        interval = _float(resp.headers.get("X-Poll-Interval"))
+        if resp.status_code == 304:
+            return False, False, [], interval, None
+        self._check(resp, "events")
+        etag = resp.headers.get("ETag")
+        last_seen = cursor.value
+        newest_id = None
+        need_branch = need_tags = False
+        skipped: list[str] = []
+        found_last = False
+        for page in range(MAX_EVENT_PAGES):
+            try:
+                events = self._json(resp, "events")
+                if not isinstance(events, list):
+                    raise MalformedResponse("GitHub events: the page is not a list")
+            except MalformedResponse as e:
+                # An unreadable page: look at the refs themselves and keep the old cursor, so nothing is lost.
+                return True, True, skipped + [str(e)], interval, None
+            if page == 0 and events and isinstance(events[0], dict):
+                newest_id = str(events[0].get("id")) if events[0].get("id") is not None else None
+            fresh = []
+            for ev in events:
+                if last_seen is not None and isinstance(ev, dict) and str(ev.get("id")) == last_seen:
+                    found_last = True
+                    break
+                fresh.append(ev)
+            b, t, s = relevant_refs(fresh, branch)
+            need_branch, need_tags = need_branch or b, need_tags or t
+            skipped.extend(s)
+            next_url = _next_link(resp)
+            if found_last or first or last_seen is None or not next_url:
+                break
+            resp = self._get(next_url, counter, None, "events")
+            self._check(resp, "events")
+        if last_seen is not None and not found_last and not first:
+            # The last event seen is out of the window: events may have been missed; read the refs.
+            need_branch = need_tags = True
+        new_cursor = Cursor(etag=etag, value=newest_id or last_seen)
+        return need_branch, need_tags, skipped, interval, new_cursor
+
+    def _read_branch(self, base: str, branch: str, cursor: Cursor, counter: _Counter) -> tuple[str | None, Cursor]:
+        what = f"branch {branch}"
+        resp = self._get(f"{base}/git/ref/heads/{quote(branch, safe='/')}", counter, cursor, what)
+        if resp.status_code == 304:
+            return cursor.value, cursor
+        if resp.status_code == 404:
+            return None, Cursor()
+        self._check(resp, what)
+        data = self._json(resp, what)
+        sha = (data.get("object") or {}).get("sha") if isinstance(data, dict) else None
+        if isinstance(data, list) or not isinstance(sha, str) or not _SHA.match(sha):
+            # git/ref/ answers a list when the name is only a prefix of real branches: the branch itself is absent.
+            if isinstance(data, list):
+                return None, Cursor()
+            raise MalformedResponse(f"GitHub {what}: no commit sha in the answer")
+        return sha, Cursor(etag=resp.headers.get("ETag"), value=sha)
+
+    def _read_tags(self, base: str, cursors: CursorReader, key: str, counter: _Counter):
+        what = "tags"
+        cursor = cursors.cursor(key)
+        cached = json.loads(cursor.value) if cursor.value else None
+        # The ETag covers only the first page: trust a 304 only when everything fit on it.
+        use_etag = cached is not None and len(cached) < 100
+        resp = self._get(f"{base}/git/matching-refs/tags?per_page=100", counter, cursor if use_etag else None, what)
+        if resp.status_code == 304:
+            return cached, cursor, {}
+        self._check(resp, what)
+        etag = resp.headers.get("ETag")
+        refs: list = []
+        while True:
+            page = self._json(resp, what)
+            if not isinstance(page, list):
+                raise MalformedResponse("GitHub tags: the answer is not a list of refs")
+            refs.extend(page)
+            next_url = _next_link(resp)
+            if not next_url:
+                break
+            resp = self._get(next_url, counter, None, what)
+            self._check(resp, what)
+        tags: dict[str, str] = {}
+        resolved: dict[str, str] = {}
+        for ref in refs:
+            try:
+                name = ref["ref"].removeprefix("refs/tags/")
+                obj_type, sha = ref["object"]["type"], ref["object"]["sha"]
+            except (KeyError, TypeError, AttributeError):
+                log_event(log, "poll.skipped", "warning", "tag ref without ref/object skipped", ref=str(ref)[:100])
+                continue
+            if obj_type == "commit":
+                tags[name] = sha
+            elif obj_type == "tag":
+                commit = cursors.tag_commit(sha) or resolved.get(sha) or self._peel(base, sha, counter)
+                if commit:
+                    resolved[sha] = commit
+                    tags[name] = commit
+        return tags, Cursor(etag=etag, value=json.dumps(tags, sort_keys=True)), resolved
+
+    def _peel(self, base: str, tag_sha: str, counter: _Counter) -> str | None:
+        """Follow an annotated tag object (possibly a tag of a tag) to its commit."""
+        sha = tag_sha
+        for _ in range(5):
+            resp = self._get(f"{base}/git/tags/{sha}", counter, None, f"tag object {sha[:12]}")
+            self._check(resp, f"tag object {sha[:12]}")
+            obj = (self._json(resp, "tag object") or {}).get("object") or {}
+            if obj.get("type") == "commit":
+                return obj.get("sha")
+            if obj.get("type") != "tag":
+                return None  # a tag of a tree or blob: nothing to build
+            sha = obj.get("sha")
+        return None
+
+
+
+def _message(resp: requests.Response) -> str:
+    try:
+        data = resp.json()
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            return data["message"][:200]
+    except ValueError:
+        pass
+    return resp.reason or f"HTTP {resp.status_code}"
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
