@@ -127,8 +127,12 @@ class RepositoryPoller:
         changed = plan.new_state != state or plan.builds
         cursors = {k: c for k, c in cursors.items() if c != self.store.cursor(k)} if not changed else cursors
         if not dry_run and (changed or cursors or polled.tag_objects):
-            self.store.save_poll(repo.name, plan if changed else None, cursors, polled.tag_objects,
-                                 max_attempts=self.settings.builds.retries + 1)
+            ids = self.store.save_poll(repo.name, plan if changed else None, cursors, polled.tag_objects,
+                                       max_attempts=self.settings.builds.retries + 1)
+            for new_id in ids:
+                for old in self.store.superseded_by(new_id):
+                    log_event(log, "build.superseded", repo=repo.name, ref=old.ref, sha=old.sha, build=old.id,
+                              by=new_id, reason=f"a newer build of {old.ref} was planned")
         return plan, polled.counted_requests, polled.not_modified
 
     def _pause(self, kind: str, e: RateLimited) -> None:

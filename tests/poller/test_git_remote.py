@@ -82,7 +82,8 @@ def test_force_push_backwards_builds_the_branch_head(tmp_path, repo):
     assert builds[0].sha == first and builds[1].status.value == "superseded"
 
 
-def test_only_the_newest_of_several_pushes_is_built(tmp_path, repo):
+def test_only_the_newest_of_several_pushes_is_built(tmp_path, repo, caplog):
+    caplog.set_level("INFO")
     settings, store, poller = make(tmp_path, repo.url)
     poller.poll_all()
     repo.commit({"x": "1"})
@@ -93,6 +94,8 @@ def test_only_the_newest_of_several_pushes_is_built(tmp_path, repo):
     assert [b.sha for b in queued] == [newest]
     superseded = [b for b in store.builds() if b.status.value == "superseded"]
     assert len(superseded) == 1 and superseded[0].superseded_by == queued[0].id
+    logged = [r.fields for r in caplog.records if getattr(r, "event", "") == "build.superseded"]
+    assert [(f["sha"], f["by"]) for f in logged] == [(superseded[0].sha, queued[0].id)]
 
 
 def test_every_release_tag_is_built_even_several_at_once(tmp_path, repo):
