@@ -81,6 +81,8 @@ class Daemon:
     def poll_repositories(self) -> CycleReport:
         report = self.poller.poll_all(self.dry_run)
         self.metrics.build_queue.set(self.store.waiting_builds())
+        if report.planned and self._worker is not None:
+            self._worker.wake()  # start the new builds now, not at the worker's next look
         return report
 
     def poll_charts(self):

@@ -1,0 +1,213 @@
+"""Runs the queued builds: claims due builds from the store, runs them with the ImageBuilder under a watchdog, and
+records each outcome (succeeded, queued again with exponential backoff, or failed for good).
+
+Threads: `start()` runs `builds.concurrency` workers; the store lets at most one build per repository run at a time.
+A build attempt runs on a thread of its own and the worker waits for it at most the build's time limit (plus a little
+grace): past that the attempt is recorded as timed out and abandoned, and since only the worker records outcomes,
+an abandoned attempt that ends later can never record a success over the timeout. The worker never dies of a
+build's failure: anything unexpected is logged and recorded as a failed attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from polling_server.builder import BuildResult, ImageBuilder
+from polling_server.config import Settings
+from polling_server.errors import BuildError, BuildTimeout
+from polling_server.logs import log_event
+from polling_server.metrics import Metrics
+from polling_server.model import BuildStatus
+from polling_server.state import BuildRecord, StateStore
+
+log = logging.getLogger(__name__)
+output_log = logging.getLogger("polling_server.build_output")
+
+IDLE_POLL_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+def retry_delay(base: float, attempt: int) -> float:
+    """Exponential backoff: base, 2*base, 4*base... after the 1st, 2nd, 3rd failed attempt (capped at an hour)."""
+    return min(base * (2 ** max(attempt - 1, 0)), MAX_BACKOFF_SECONDS)
+
+
+def watchdog_grace(timeout: float) -> float:
+    """How long past the time limit the worker waits for the builder to notice the deadline itself."""
+    return min(30.0, max(2.0, timeout * 0.05))
+
+
+@dataclass
+class _Attempt:
+    """What one build attempt's thread hands back to the worker."""
+
+    result: BuildResult | None = None
+    error: BaseException | None = None
+
+
+class BuildWorker:
+    def __init__(self, settings: Settings, store: StateStore, builder: ImageBuilder, metrics: Metrics):
+        self.settings = settings
+        self.store = store
+        self.builder = builder
+        self.metrics = metrics
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def recover(self) -> list[BuildRecord]:
+        """At start-up: builds left running by a crash are queued to run again (finished ones stay finished)."""
+        interrupted = self.store.requeue_interrupted()
+        for b in interrupted:
+            log_event(log, "build.requeued", "warning", msg="interrupted by a restart; will run again",
+                      repo=b.repo, ref=b.ref, sha=b.sha, build_id=b.id)
+        self._update_queue_gauge()
+        return interrupted
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        for i in range(self.settings.builds.concurrency):
+            t = threading.Thread(target=self._loop, name=f"build-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming builds and wait up to `timeout` seconds for the running ones to finish."""
+        self._stop.set()
+        self._wake.set()
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+    def wake(self) -> None:
+        """Look for due builds now instead of at the next idle check (call after builds were queued)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                record = self.store.claim_build()
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the worker
+                log.exception("cannot claim a build from the state store")
+                record = None
+            if record is None:
+                self._wake.wait(IDLE_POLL_SECONDS)
+                self._wake.clear()
+                continue
+            self._process(record)
+
+    def run_until_idle(self) -> list[BuildRecord]:
+        """Run every build that is due now, one after the other, and return the records as they ended up.
+
+        A build that fails here is not retried within the same call: its retry is due later, and builds that
+        become due after the call started are left for the next call.
+        """
+        started = time.time()
+        finished: list[BuildRecord] = []
+        while True:
+            nxt = self._next_due(started)
+            if nxt is None:
+                break
+            record = self.store.claim_build()
+            if record is None:
+                break
+            finished.append(self._process(record))
+        self._update_queue_gauge()
+        return finished
+
+    def _next_due(self, cutoff: float) -> BuildRecord | None:
+        """The build claim_build would pick now, if it was already due when the run started."""
+        running = {b.repo for b in self.store.builds(status=BuildStatus.RUNNING, limit=1_000_000)}
+        queued = [b for b in self.store.builds(status=BuildStatus.QUEUED, limit=1_000_000)
+                  if b.repo not in running and b.next_attempt_at <= time.time()]
+        if not queued:
+            return None
+        first = min(queued, key=lambda b: (b.next_attempt_at, b.id))
+        return first if first.next_attempt_at <= cutoff else None
+
+    # --- one build ------------------------------------------------------------------------------------------
+    def _process(self, record: BuildRecord) -> BuildRecord:
+        """Run a claimed build and record its outcome; never raises."""
+        fields = {"repo": record.repo, "ref": record.ref, "sha": record.sha, "build_id": record.id}
+        began = time.monotonic()
+        try:
+            self._update_queue_gauge()
+            try:
+                repo = self.settings.repository(record.repo)
+            except KeyError:
+                self.store.fail_build(record.id, f"repository {record.repo!r} is no longer configured", None)
+                log_event(log, "build.failed", "error", reason="repository no longer configured",
+                          attempt=record.attempts, will_retry=False, **fields)
+                self._count("failed", began)
+                return self.store.build(record.id)
+            log_event(log, "build.started", kind=record.kind.value, attempt=record.attempts, **fields)
+            result, error = self._attempt(record, repo)
+            if result is not None:
+                self.store.finish_build(record.id, list(result.tags), result.digest)
+                log_event(log, "build.succeeded", tags=list(result.tags), digest=result.digest,
+                          seconds=round(time.monotonic() - began, 1), **fields)
+                self._count("succeeded", began)
+            else:
+                self._record_failure(record, error, fields, began)
+        except Exception:  # noqa: BLE001 - the worker outlives anything a build does
+            log.exception("recording the outcome of build %s failed", record.id)
+        finally:
+            self._update_queue_gauge()
+        return self.store.build(record.id)
+
+    def _attempt(self, record: BuildRecord, repo) -> tuple[BuildResult | None, BaseException | None]:
+        """Run the builder on its own thread; give up on it once the time limit (plus grace) has passed."""
+        attempt = _Attempt()
+        short = record.sha[:12]
+
+        def on_log(line: str) -> None:
+            output_log.info("%s@%s | %s", record.repo, short, line)
+
+        def run() -> None:
+            try:
+                attempt.result = self.builder.build(record, repo, on_log)
+            except BaseException as e:  # noqa: BLE001 - handed to the worker, which records it
+                attempt.error = e
+
+        timeout = self.settings.builds.timeout_seconds
+        thread = threading.Thread(target=run, name=f"build-{record.id}", daemon=True)
+        thread.start()
+        thread.join(timeout + watchdog_grace(timeout))
+        if thread.is_alive():
+            # Abandoned: its eventual result is never looked at, so it cannot be recorded.
+            return None, BuildTimeout(f"the build did not finish within {timeout:g}s")
+        if attempt.result is None and attempt.error is None:
+            return None, RuntimeError("the builder returned nothing")
+        return attempt.result, attempt.error
+
+    def _record_failure(self, record: BuildRecord, error: BaseException | None, fields: dict,
+                        began: float) -> None:
+        if isinstance(error, BuildError):
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            reason = f"internal error: {type(error).__name__}: {error}"
+            log.error("build %s raised an unexpected error", record.id, exc_info=error)
+        retry_in = retry_delay(self.settings.builds.retry_backoff_seconds, record.attempts)
+        status = self.store.fail_build(record.id, reason, retry_in)
+        will_retry = status is BuildStatus.QUEUED
+        log_event(log, "build.failed", "warning" if will_retry else "error", reason=reason,
+                  attempt=record.attempts, will_retry=will_retry,
+                  retry_in=round(retry_in, 1) if will_retry else None, **fields)
+        self._count("retrying" if will_retry else "failed", began)
+
+    def _count(self, outcome: str, began: float) -> None:
+        self.metrics.builds.labels(outcome).inc()
+        self.metrics.build_seconds.labels(outcome).observe(time.monotonic() - began)
+
+    def _update_queue_gauge(self) -> None:
+        try:
+            self.metrics.build_queue.set(self.store.waiting_builds())
+        except Exception:  # noqa: BLE001 - a gauge is not worth a crash
+            log.debug("cannot count the waiting builds", exc_info=True)
