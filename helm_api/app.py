@@ -1,0 +1,78 @@
+"""The Flask application factory: settings, backend, service, metrics and reconciler wired in one place."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from helm_api.api import HelmApiState, register
+from helm_api.backend import JobBackend
+from helm_api.config import Settings, load_settings
+from helm_api.metrics import ApplyMetrics
+from helm_api.reconciler import Reconciler
+from helm_api.service import ApplyService
+
+
+def build_backend(settings: Settings, api_client: Any = None) -> JobBackend:
+    """The offline backend when an offline CronJob file is configured, else the Kubernetes one."""
+    if settings.offline:
+        from helm_api.offline import OfflineBackend
+
+        assert settings.offline_cronjob_file is not None
+        return OfflineBackend(
+            settings.offline_cronjob_file, settings.namespace, settings.cronjob_name, settings.offline_jobs_dir
+        )
+    from helm_api.kube import KubernetesBackend, build_api_client
+
+    return KubernetesBackend(api_client or build_api_client(settings), settings.namespace, settings.cronjob_name)
+
+
+def create_app(
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    api_client: Any = None,
+    backend: JobBackend | None = None,
+    start_reconciler: bool = True,
+) -> Flask:
+    """Build the app. ``test_config`` is a mapping read like the environment (HELM_API_* keys), instead of
+    os.environ; ``settings`` skips that step. ``api_client`` (a kubernetes ApiClient) or ``backend``
+    replace the ones built from the settings. The reconciler thread starts unless ``start_reconciler`` is
+    False; stop it with ``app.extensions["helm_api"].reconciler.stop()``."""
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    if settings is None:
+        settings = load_settings(None if test_config is None else dict(test_config))
+    app.config.from_mapping(HELM_API_SETTINGS=settings)
+
+    backend = backend or build_backend(settings, api_client)
+    metrics = ApplyMetrics()
+    service = ApplyService(backend, metrics)
+    reconciler = Reconciler(service, settings.reconcile_seconds)
+    register(app, HelmApiState(settings, backend, metrics, service, reconciler))
+    if start_reconciler:
+        reconciler.start()
+    logging.getLogger(__name__).info(
+        "helm-api ready: namespace=%s cronjob=%s offline=%s anonymous=%s",
+        settings.namespace,
+        settings.cronjob_name,
+        settings.offline,
+        settings.allow_anonymous,
+    )
+    return app
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr, unless the host (e.g. gunicorn) configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    logging.getLogger("helm_api").setLevel(level)
