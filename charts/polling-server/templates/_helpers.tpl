@@ -1,0 +1,68 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "polling-server.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified name; the release name alone when it already contains the chart name. */}}
+{{- define "polling-server.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "polling-server.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "polling-server.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: helmsman-cd
+{{- end }}
+
+{{- define "polling-server.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "polling-server.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "polling-server.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "polling-server.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+
+{{/* Keel annotations, rendered only when keel.enabled. */}}
+{{- define "polling-server.keelAnnotations" -}}
+{{- if .Values.keel.enabled }}
+keel.sh/policy: {{ .Values.keel.policy | quote }}
+keel.sh/trigger: {{ .Values.keel.trigger | quote }}
+keel.sh/pollSchedule: {{ .Values.keel.pollSchedule | quote }}
+{{- if .Values.keel.matchTag }}
+keel.sh/match-tag: "true"
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "polling-server.pvcName" -}}
+{{- default (printf "%s-state" (include "polling-server.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* One env var from a Secret key; skipped when the Secret name is empty. Args: list NAME secretName key */}}
+{{- define "polling-server.secretEnv" -}}
+{{- $var := index . 0 }}{{ $secret := index . 1 }}{{ $key := index . 2 }}
+{{- if $secret }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+{{- end }}
+{{- end }}
