@@ -1,0 +1,268 @@
+"""Watching a Helm chart repository: read its `index.yaml` (ChartIndexSource) and run the chart poll step
+(ChartWatcher: fetch → plan_charts → log → save state and queue the apply request).
+
+Only `GET <url>/index.yaml` is used, which every Helm repository serves (ChartMuseum too, even with its /api routes
+disabled). ETag/Last-Modified are honoured when the server sends them; ChartMuseum sends neither, so the body is
+hashed and an index whose hash was already processed is not parsed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from polling_server.config import ChartRepositorySettings, Settings
+from polling_server.errors import MalformedResponse, SourceError, SourceRejected, SourceUnavailable
+from polling_server.http import HttpClient, Unreachable, safe_url
+from polling_server.logs import log_event
+from polling_server.metrics import Metrics
+from polling_server.model import ChartKey, ChartPlan
+from polling_server.planner import plan_charts
+from polling_server.state import Cursor, StateStore
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "helmsman-cd-polling-server"
+_SOURCE = "charts"
+
+
+class _IndexLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """The C loader (pure-Python SafeLoader when libyaml is missing), reading every scalar as text except null.
+
+    Why: the version key must stay exactly as written (`1.10` must not become the float 1.1, `v1.2.3` and
+    `0.0.67-eb89a6c` stay as they are), a digest made only of digits must not become an int, and the `created`
+    timestamps, never used, need not be converted.
+    """
+
+
+def _null_resolvers_only(resolvers: dict) -> dict:
+    kept = {first: [(tag, rx) for tag, rx in rs if tag == "tag:yaml.org,2002:null"] for first, rs in resolvers.items()}
+    return {first: rs for first, rs in kept.items() if rs}
+
+
+_IndexLoader.yaml_implicit_resolvers = _null_resolvers_only(_IndexLoader.yaml_implicit_resolvers)
+
+
+@dataclass(frozen=True)
+class IndexFetch:
+    """One read of index.yaml.
+
+    `cursor` is what to store after this index has been processed: the validators the server sent (ETag,
+    Last-Modified) and, as `value`, `index_hash`. `index` is None when there is nothing new to plan from: the server
+    answered 304 (`not_modified`) or the body hashes to the index already processed.
+    """
+
+    cursor: Cursor
+    not_modified: bool
+    sha256: str | None  # of the body; None on 304
+    index_hash: str | None  # the key stored with the chart state: the body's sha256, qualified by the charts filter
+    index: Mapping[ChartKey, str] | None
+
+    @property
+    def changed(self) -> bool:
+        return self.index is not None
+
+
+def parse_index(body: bytes | str, watched: tuple[str, ...] = (), where: str = "index.yaml") -> dict[ChartKey, str]:
+    """Parse a Helm repository index into (chart name, version) -> digest.
+
+    Charts outside `watched` (when given) are skipped without being checked, so a broken entry of a chart nobody
+    watches does not stop the watched ones. Raises MalformedResponse naming the chart and entry at fault.
+    """
+    try:
+        doc = yaml.load(body, Loader=_IndexLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise MalformedResponse(f"{where}: not valid YAML: {problem}{at}") from None
+    if not isinstance(doc, dict):
+        raise MalformedResponse(f"{where}: not a Helm repository index (expected a mapping with `entries`, "
+                                f"got {_kind(doc)})")
+    if "entries" not in doc:
+        raise MalformedResponse(f"{where}: not a Helm repository index (no `entries` key)")
+    entries = doc["entries"] if doc["entries"] is not None else {}
+    if not isinstance(entries, dict):
+        raise MalformedResponse(f"{where}: `entries` must be a mapping of chart names, got {_kind(entries)}")
+
+    index: dict[ChartKey, str] = {}
+    for name, versions in entries.items():
+        if watched and name not in watched:
+            continue
+        if not isinstance(name, str) or not name:
+            raise MalformedResponse(f"{where}: entries: a chart name must be a non-empty string, got {name!r:.80}")
+        if versions is None:
+            continue
+        if not isinstance(versions, list):
+            raise MalformedResponse(f"{where}: chart {name!r}: must be a list of chart versions, "
+                                    f"got {_kind(versions)}")
+        for i, entry in enumerate(versions):
+            what = f"{where}: chart {name!r} entry {i}"
+            if not isinstance(entry, dict):
+                raise MalformedResponse(f"{what}: must be a mapping, got {_kind(entry)}")
+            version, digest = entry.get("version"), entry.get("digest")
+            if not isinstance(version, str) or not version.strip():
+                raise MalformedResponse(f"{what}: has no version")
+            what = f"{where}: chart {name!r} version {version!r}"
+            if not isinstance(digest, str) or not digest.strip():
+                raise MalformedResponse(f"{what} (entry {i}): has no digest")
+            # A hand-made index may list a version twice; like Helm, the first one listed wins.
+            index.setdefault((name, version), digest)
+    return index
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+class ChartIndexSource:
+    """Reads `<chart_repository.url>/index.yaml`, conditionally, with the configured credentials."""
+
+    def __init__(self, settings: ChartRepositorySettings, http: HttpClient | None = None):
+        self.settings = settings
+        self.url = f"{settings.url}/index.yaml"
+        self.http = http or HttpClient(timeout=settings.timeout_seconds, max_retries=2, backoff_seconds=1.0,
+                                       max_backoff_seconds=10.0)
+        self._filter_tag = ""
+        if settings.charts:
+            names = "\n".join(sorted(set(settings.charts)))
+            self._filter_tag = ";charts=" + hashlib.sha256(names.encode()).hexdigest()[:16]
+
+    def _auth_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/x-yaml, text/yaml, */*"}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if s.token:
+            headers["Authorization"] = f"Bearer {s.token}"
+        elif s.username:
+            kwargs["auth"] = (s.username, str(s.password or ""))
+        return kwargs
+
+    def fetch(self, cursor: Cursor) -> IndexFetch:
+        """Read the index. `cursor` holds the validators last stored and, as `value`, the index hash processed."""
+        where = safe_url(self.url)
+        kwargs = self._auth_kwargs()
+        # A 304 is useful only when we hold the index it refers to.
+        conditional = bool(cursor.value) and bool(cursor.etag or cursor.last_modified)
+        if conditional:
+            if cursor.etag:
+                kwargs["headers"]["If-None-Match"] = cursor.etag
+            if cursor.last_modified:
+                kwargs["headers"]["If-Modified-Since"] = cursor.last_modified
+        try:
+            resp = self.http.get(self.url, **kwargs)
+        except Unreachable as e:
+            raise SourceUnavailable(f"chart repository {e}") from None
+
+        if resp.status_code == 304:
+            if not conditional:
+                raise MalformedResponse(f"GET {where}: answered 304 Not Modified to an unconditional request")
+            new = Cursor(resp.headers.get("ETag") or cursor.etag,
+                         resp.headers.get("Last-Modified") or cursor.last_modified, cursor.value)
+            return IndexFetch(new, True, None, cursor.value, None)
+        if resp.status_code != 200:
+            detail = _error_detail(resp)
+            message = f"GET {where}: answered HTTP {resp.status_code}{detail}"
+            if resp.status_code in (401, 403):
+                message += " (check chart_repository username/password or token)"
+            raise SourceRejected(message, resp.status_code)
+
+        body = resp.content
+        sha256 = hashlib.sha256(body).hexdigest()
+        index_hash = sha256 + self._filter_tag
+        new = Cursor(resp.headers.get("ETag"), resp.headers.get("Last-Modified"), index_hash)
+        if index_hash == cursor.value:
+            return IndexFetch(new, False, sha256, index_hash, None)
+        return IndexFetch(new, False, sha256, index_hash, parse_index(body, self.settings.charts, where))
+
+
+def _error_detail(resp) -> str:
+    """The server's own short error message (ChartMuseum: `{"error": "..."}`), never echoing headers."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return ""
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return f": {data['error'][:200]}"
+    return ""
+
+
+class ChartWatcher:
+    """One chart poll step: fetch the index, plan against the stored state, log, save (and so queue the apply)."""
+
+    def __init__(self, settings: Settings, store: StateStore, metrics: Metrics,
+                 source: ChartIndexSource | None = None):
+        if settings.chart_repository is None:
+            raise ValueError("ChartWatcher needs settings.chart_repository")
+        self.settings = settings
+        self.repo = settings.chart_repository
+        self.store = store
+        self.metrics = metrics
+        self.source = source or ChartIndexSource(self.repo)
+        # The key of this repository in the state database, without any userinfo the URL may carry.
+        self.repo_url = safe_url(self.repo.url)
+        self.cursor_key = f"chart-index:{self.repo_url}"
+
+    def poll(self, dry_run: bool = False) -> ChartPlan | None:
+        """Poll once. Returns the plan made from a new index; None when the index was unchanged or could not be
+        read. A read failure is logged (`poll.failed`) and swallowed: the state is untouched, the next poll retries.
+        """
+        state, index_hash = self.store.chart_state(self.repo_url)
+        stored = self.store.cursor(self.cursor_key)
+        # Validators are only worth sending for the index whose processing was saved (its hash matches).
+        if index_hash and stored.value == index_hash:
+            cursor = Cursor(stored.etag, stored.last_modified, index_hash)
+        else:
+            cursor = Cursor(value=index_hash)
+        try:
+            fetched = self.source.fetch(cursor)
+        except SourceError as e:
+            self.metrics.polls.labels(_SOURCE, "failed").inc()
+            level = "warning" if isinstance(e, SourceUnavailable) else "error"
+            log_event(log, "poll.failed", level, str(e), repository=self.repo_url, reason=str(e))
+            return None
+
+        if not fetched.changed:
+            if fetched.not_modified:
+                self.metrics.not_modified.labels(_SOURCE).inc()
+            self.metrics.polls.labels(_SOURCE, "unchanged").inc()
+            log_event(log, "charts.unchanged", "debug", repository=self.repo_url,
+                      reason="not modified (304)" if fetched.not_modified else "same index hash")
+            if not dry_run:
+                self._save_cursor(stored, fetched.cursor)
+            return None
+
+        plan = plan_charts(fetched.index, state, self.repo.charts)
+        for d in plan.decisions:
+            log_event(log, d.event, d.level, repository=self.repo_url, **d.fields)
+        self.metrics.polls.labels(_SOURCE, "ok").inc()
+        if dry_run:
+            log_event(log, "charts.dry_run", repository=self.repo_url, changes=len(plan.changes),
+                      msg="dry run: nothing saved, no apply queued")
+            return plan
+
+        if state.baseline and plan.new_state.versions == state.versions:
+            # The bytes changed but not the watched (name, version, digest) set: remember the hash only.
+            self.store.save_index_hash(self.repo_url, fetched.index_hash)
+        else:
+            record = self.store.save_charts(self.repo_url, plan, fetched.index_hash)
+            if record is not None:
+                log_event(log, "apply.queued", repository=self.repo_url, request_id=record.request_id,
+                          changes=len(record.changes), reason=_short_reason(record.reason))
+        # Saved after the state it stands for: a crash in between costs one full download, never a lost change.
+        self._save_cursor(stored, fetched.cursor)
+        return plan
+
+    def _save_cursor(self, stored: Cursor, new: Cursor) -> None:
+        """Store the server's validators; nothing to store for a server that sends none (ChartMuseum)."""
+        if new != stored and (new.etag or new.last_modified or stored.etag or stored.last_modified):
+            self.store.save_poll(self.cursor_key, None, {self.cursor_key: new})
+
+
+def _short_reason(reason: str, limit: int = 300) -> str:
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
