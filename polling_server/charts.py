@@ -31,21 +31,118 @@ USER_AGENT = "helmsman-cd-polling-server"
 _SOURCE = "charts"
 
 
-class _IndexLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """The C loader (pure-Python SafeLoader when libyaml is missing), reading every scalar as text except null.
+# libyaml's C parser when present (pure Python otherwise). Only its event stream is used: building Python objects
+# for every field of every version (urls, maintainers, created...) is what makes yaml.safe_load slow on big indexes.
+_EVENT_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
-    Why: the version key must stay exactly as written (`1.10` must not become the float 1.1, `v1.2.3` and
-    `0.0.67-eb89a6c` stay as they are), a digest made only of digits must not become an int, and the `created`
-    timestamps, never used, need not be converted.
+
+def _is_null(ev: yaml.Event) -> bool:
+    return isinstance(ev, yaml.ScalarEvent) and ev.style is None and ev.value in _NULLS
+
+
+def _kind(ev: yaml.Event) -> str:
+    if isinstance(ev, yaml.MappingStartEvent):
+        return "a mapping"
+    if isinstance(ev, yaml.SequenceStartEvent):
+        return "a list"
+    if isinstance(ev, yaml.ScalarEvent) and not _is_null(ev):
+        return f"the text {ev.value[:40]!r}"
+    return "nothing"
+
+
+class _IndexEvents:
+    """Reads (name, version) -> digest straight from the YAML event stream, skipping every other field.
+
+    Scalars stay text exactly as written: `1.10` is not the float 1.1, an all-digit digest is not an int.
     """
 
+    def __init__(self, events, watched: tuple[str, ...], where: str):
+        self.events = iter(events)
+        self.watched = watched
+        self.where = where
 
-def _null_resolvers_only(resolvers: dict) -> dict:
-    kept = {first: [(tag, rx) for tag, rx in rs if tag == "tag:yaml.org,2002:null"] for first, rs in resolvers.items()}
-    return {first: rs for first, rs in kept.items() if rs}
+    def _next(self) -> yaml.Event:
+        return next(self.events)
 
+    def _skip(self, ev: yaml.Event) -> None:
+        """Skip the rest of the node that starts with `ev`."""
+        depth = 1 if isinstance(ev, _OPEN) else 0
+        while depth:
+            ev = self._next()
+            if isinstance(ev, _OPEN):
+                depth += 1
+            elif isinstance(ev, _CLOSE):
+                depth -= 1
 
-_IndexLoader.yaml_implicit_resolvers = _null_resolvers_only(_IndexLoader.yaml_implicit_resolvers)
+    def _bad(self, message: str) -> MalformedResponse:
+        return MalformedResponse(f"{self.where}: {message}")
+
+    def read(self) -> dict[ChartKey, str]:
+        ev = self._next()
+        while isinstance(ev, yaml.StreamStartEvent | yaml.DocumentStartEvent):
+            ev = self._next()
+        if not isinstance(ev, yaml.MappingStartEvent):
+            raise self._bad(f"not a Helm repository index (expected a mapping with `entries`, got {_kind(ev)})")
+        index: dict[ChartKey, str] | None = None
+        while not isinstance(ev := self._next(), yaml.MappingEndEvent):
+            value = self._next()
+            if isinstance(ev, yaml.ScalarEvent) and ev.value == "entries":
+                index = self._entries(value)
+            else:
+                self._skip(ev)
+                self._skip(value)
+        if index is None:
+            raise self._bad("not a Helm repository index (no `entries` key)")
+        return index
+
+    def _entries(self, ev: yaml.Event) -> dict[ChartKey, str]:
+        index: dict[ChartKey, str] = {}
+        if _is_null(ev):
+            return index
+        if not isinstance(ev, yaml.MappingStartEvent):
+            raise self._bad(f"`entries` must be a mapping of chart names, got {_kind(ev)}")
+        while not isinstance(key := self._next(), yaml.MappingEndEvent):
+            versions = self._next()
+            if not isinstance(key, yaml.ScalarEvent) or _is_null(key):
+                raise self._bad(f"entries: a chart name must be a non-empty string, got {_kind(key)}")
+            name = key.value
+            if self.watched and name not in self.watched:
+                self._skip(versions)
+                continue
+            if _is_null(versions):
+                continue
+            if not isinstance(versions, yaml.SequenceStartEvent):
+                raise self._bad(f"chart {name!r}: must be a list of chart versions, got {_kind(versions)}")
+            i = 0
+            while not isinstance(entry := self._next(), yaml.SequenceEndEvent):
+                version, digest = self._entry(name, i, entry)
+                # A hand-made index may list a version twice; like Helm, the first one listed wins.
+                index.setdefault((name, version), digest)
+                i += 1
+        return index
+
+    def _entry(self, name: str, i: int, ev: yaml.Event) -> tuple[str, str]:
+        what = f"chart {name!r} entry {i}"
+        if not isinstance(ev, yaml.MappingStartEvent):
+            raise self._bad(f"{what}: must be a mapping, got {_kind(ev)}")
+        fields: dict[str, str] = {}
+        while not isinstance(key := self._next(), yaml.MappingEndEvent):
+            value = self._next()
+            if isinstance(key, yaml.ScalarEvent) and key.value in ("version", "digest") and \
+                    isinstance(value, yaml.ScalarEvent) and not _is_null(value):
+                fields[key.value] = value.value
+            else:
+                self._skip(key)
+                self._skip(value)
+        version, digest = fields.get("version", "").strip(), fields.get("digest", "").strip()
+        if not version:
+            raise self._bad(f"{what}: has no version")
+        if not digest:
+            raise self._bad(f"chart {name!r} version {fields['version']!r} (entry {i}): has no digest")
+        return fields["version"], fields["digest"]
 
 
 @dataclass(frozen=True)
@@ -74,50 +171,22 @@ def parse_index(body: bytes | str, watched: tuple[str, ...] = (), where: str = "
     Charts outside `watched` (when given) are skipped without being checked, so a broken entry of a chart nobody
     watches does not stop the watched ones. Raises MalformedResponse naming the chart and entry at fault.
     """
+    reader = _IndexEvents(yaml.parse(body, Loader=_EVENT_LOADER), watched, where)
     try:
-        doc = yaml.load(body, Loader=_IndexLoader)  # noqa: S506 - a SafeLoader subclass
+        try:
+            return reader.read()
+        except MalformedResponse:
+            # A wrong shape found early may be the first sign of a document that is not YAML at all: say that.
+            for _ in reader.events:
+                pass
+            raise
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or type(e).__name__
         raise MalformedResponse(f"{where}: not valid YAML: {problem}{at}") from None
-    if not isinstance(doc, dict):
-        raise MalformedResponse(f"{where}: not a Helm repository index (expected a mapping with `entries`, "
-                                f"got {_kind(doc)})")
-    if "entries" not in doc:
-        raise MalformedResponse(f"{where}: not a Helm repository index (no `entries` key)")
-    entries = doc["entries"] if doc["entries"] is not None else {}
-    if not isinstance(entries, dict):
-        raise MalformedResponse(f"{where}: `entries` must be a mapping of chart names, got {_kind(entries)}")
-
-    index: dict[ChartKey, str] = {}
-    for name, versions in entries.items():
-        if watched and name not in watched:
-            continue
-        if not isinstance(name, str) or not name:
-            raise MalformedResponse(f"{where}: entries: a chart name must be a non-empty string, got {name!r:.80}")
-        if versions is None:
-            continue
-        if not isinstance(versions, list):
-            raise MalformedResponse(f"{where}: chart {name!r}: must be a list of chart versions, "
-                                    f"got {_kind(versions)}")
-        for i, entry in enumerate(versions):
-            what = f"{where}: chart {name!r} entry {i}"
-            if not isinstance(entry, dict):
-                raise MalformedResponse(f"{what}: must be a mapping, got {_kind(entry)}")
-            version, digest = entry.get("version"), entry.get("digest")
-            if not isinstance(version, str) or not version.strip():
-                raise MalformedResponse(f"{what}: has no version")
-            what = f"{where}: chart {name!r} version {version!r}"
-            if not isinstance(digest, str) or not digest.strip():
-                raise MalformedResponse(f"{what} (entry {i}): has no digest")
-            # A hand-made index may list a version twice; like Helm, the first one listed wins.
-            index.setdefault((name, version), digest)
-    return index
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
+    except StopIteration:
+        raise MalformedResponse(f"{where}: the document ends early") from None
 
 
 class ChartIndexSource:
