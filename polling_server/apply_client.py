@@ -15,7 +15,7 @@ from typing import Any
 
 from polling_server.config import HelmApiSettings, Settings
 from polling_server.errors import ApplyRejected, ApplyUnavailable
-from polling_server.http import HttpClient, Unreachable, safe_url
+from polling_server.http import HttpClient, Unreachable, safe_url, server_message
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
 from polling_server.model import ChartChange
@@ -62,7 +62,7 @@ class HelmApiClient:
         status = resp.status_code
         if status in (200, 201, 202):
             return _parse_answer(resp, where)
-        detail = _error_detail(resp)
+        detail = f": {m}" if (m := server_message(resp)) else ""
         if status in _REJECTED:
             hint = {401: " (check helm_api.token)", 403: " (check helm_api.token)",
                     404: " (check helm_api.url)"}.get(status, "")
@@ -90,17 +90,6 @@ def _parse_answer(resp, where: str) -> ApplyResult:
         coalesced=data.get("coalesced") is True,
         duplicate=data.get("duplicate") is True,
     )
-
-
-def _error_detail(resp) -> str:
-    """The Helm API's own error message (`{"error": "..."}`), short; never the request's headers."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return ""
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return f": {data['error'][:200]}"
-    return ""
 
 
 def apply_reason(changes: tuple[ChartChange, ...], limit: int = MAX_REASON_LENGTH) -> str:

@@ -18,7 +18,7 @@ import yaml
 
 from polling_server.config import ChartRepositorySettings, Settings
 from polling_server.errors import MalformedResponse, SourceError, SourceRejected, SourceUnavailable
-from polling_server.http import HttpClient, Unreachable, safe_url
+from polling_server.http import HttpClient, Unreachable, safe_url, server_message
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
 from polling_server.model import ChartKey, ChartPlan
@@ -235,7 +235,7 @@ class ChartIndexSource:
                          resp.headers.get("Last-Modified") or cursor.last_modified, cursor.value)
             return IndexFetch(new, True, None, cursor.value, None)
         if resp.status_code != 200:
-            detail = _error_detail(resp)
+            detail = f": {m}" if (m := server_message(resp)) else ""
             message = f"GET {where}: answered HTTP {resp.status_code}{detail}"
             if resp.status_code in (401, 403):
                 message += " (check chart_repository username/password or token)"
@@ -248,17 +248,6 @@ class ChartIndexSource:
         if index_hash == cursor.value:
             return IndexFetch(new, False, sha256, index_hash, None)
         return IndexFetch(new, False, sha256, index_hash, parse_index(body, self.settings.charts, where))
-
-
-def _error_detail(resp) -> str:
-    """The server's own short error message (ChartMuseum: `{"error": "..."}`), never echoing headers."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return ""
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return f": {data['error'][:200]}"
-    return ""
 
 
 class ChartWatcher:

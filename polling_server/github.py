@@ -23,7 +23,7 @@ import requests
 
 from polling_server.config import GitHubSettings, RepositorySettings
 from polling_server.errors import MalformedResponse, RateLimited, SourceRejected, SourceUnavailable
-from polling_server.http import HttpClient, Unreachable, retry_after_seconds
+from polling_server.http import HttpClient, Unreachable, retry_after_seconds, server_message
 from polling_server.logs import log_event
 from polling_server.model import Observation, RepoState
 from polling_server.sources import CursorReader, SourcePoll
@@ -112,7 +112,7 @@ class GitHubSource:
             self._raise_rate_limit_or_rejection(resp, what)
         self._rate_limit_episodes = 0 if resp.ok else self._rate_limit_episodes
         if resp.status_code in (401, 403):
-            raise SourceRejected(f"GitHub {what}: HTTP {resp.status_code} ({_message(resp)}); check github.token",
+            raise SourceRejected(f"GitHub {what}: HTTP {resp.status_code} ({_message_of(resp)}); check github.token",
                                  resp.status_code)
         return resp
 
@@ -121,7 +121,7 @@ class GitHubSource:
         retry_after = retry_after_seconds(resp.headers.get("retry-after"), now)
         remaining = resp.headers.get("x-ratelimit-remaining")
         reset = resp.headers.get("x-ratelimit-reset")
-        message = _message(resp)
+        message = _message_of(resp)
         if retry_after is not None:
             resume = now + retry_after
         elif remaining == "0" and reset and reset.isdigit():
@@ -142,7 +142,7 @@ class GitHubSource:
 
     def _check(self, resp: requests.Response, what: str) -> None:
         if resp.status_code >= 400:
-            raise SourceRejected(f"GitHub {what}: HTTP {resp.status_code} ({_message(resp)})", resp.status_code)
+            raise SourceRejected(f"GitHub {what}: HTTP {resp.status_code} ({_message_of(resp)})", resp.status_code)
 
     # --- the poll ---------------------------------------------------------------------------------------------
     def poll(self, repo: RepositorySettings, cursors: CursorReader, state: RepoState, reconcile: bool) -> SourcePoll:
@@ -294,18 +294,12 @@ class GitHubSource:
 
 
 
-def _message(resp: requests.Response) -> str:
-    try:
-        data = resp.json()
-        if isinstance(data, dict) and isinstance(data.get("message"), str):
-            return data["message"][:200]
-    except ValueError:
-        pass
-    return resp.reason or f"HTTP {resp.status_code}"
-
-
 def _float(value: str | None) -> float | None:
     try:
         return float(value) if value else None
     except ValueError:
         return None
+
+
+def _message_of(resp: requests.Response) -> str:
+    return server_message(resp) or resp.reason or f"HTTP {resp.status_code}"

@@ -112,6 +112,22 @@ class HttpClient:
         return self.request("POST", url, **kwargs)
 
 
+def server_message(resp: requests.Response, limit: int = 200) -> str:
+    """The server's own short error text from a JSON body (`{"error": ...}` or `{"message": ...}`), else "".
+
+    Only the body is read: never the request's headers, so no credential can leak into an error message.
+    """
+    try:
+        data = resp.json()
+    except ValueError:
+        return ""
+    if isinstance(data, dict):
+        for key in ("error", "message"):
+            if isinstance(data.get(key), str):
+                return data[key][:limit]
+    return ""
+
+
 def _root_cause(e: BaseException) -> str:
     while e.__cause__ is not None or e.__context__ is not None:
         e = e.__cause__ or e.__context__

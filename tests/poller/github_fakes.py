@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import responses
 from responses import matchers
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "github"
+from tests.fixture_paths import GITHUB as FIXTURES
+
 API = "https://api.github.com"
 REPO = "acme/app"
 BASE = f"{API}/repos/{REPO}"

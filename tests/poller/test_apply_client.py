@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from pathlib import Path
 
 import pytest
 import requests
@@ -22,8 +21,8 @@ from polling_server.metrics import Metrics
 from polling_server.model import ChartChange, ChartState
 from polling_server.planner import plan_charts
 from polling_server.state import StateStore
+from tests.fixture_paths import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 OPENFAAS = FIXTURES / "helm-index" / "openfaas_faas-netes_docs_index.yaml"
 
 API = "http://helm-api.test"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,13 +16,7 @@ from polling_server.config import parse_settings
 from polling_server.errors import MalformedResponse, SourceRejected, SourceUnavailable
 from polling_server.http import HttpClient
 from polling_server.state import Cursor
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-STAKATER = FIXTURES / "helm-index" / "stakater_stakater-charts_docs_index.yaml"
-OPENFAAS = FIXTURES / "helm-index" / "openfaas_faas-netes_docs_index.yaml"
-ACTIVITI = FIXTURES / "helm-index" / "activiti_empty_index.yaml"
-CHARTMUSEUM_EMPTY = FIXTURES / "chartmuseum" / "GET_index.yaml_empty_repo_from_issue566.yaml"
-CHARTMUSEUM_401 = FIXTURES / "chartmuseum" / "any_401_unauthorized.json"
+from tests.fixture_paths import ACTIVITI, CHARTMUSEUM_401, CHARTMUSEUM_EMPTY, OPENFAAS, STAKATER
 
 REPO_URL = "http://charts.test/ctx"
 INDEX_URL = f"{REPO_URL}/index.yaml"
