@@ -61,7 +61,7 @@ def _make_base_tarball() -> None:
         )
         for leftovers in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
             for item in (root / leftovers).glob("*"):
-                if item.is_file():
+                if item.is_symlink() or item.is_file():
                     item.unlink()
                 elif item.is_dir() and leftovers != "var/cache/apt/archives":
                     shutil.rmtree(item)
