@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -128,10 +128,7 @@ class Daemon:
             self.worker.start()
         self.scheduler = BackgroundScheduler(job_defaults={
             "max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
-        now = time.time()
-        from datetime import datetime
-
-        first = datetime.fromtimestamp(now, UTC)
+        first = datetime.now(UTC)  # every job runs once right away, then on its interval
         self.scheduler.add_job(self.poll_repositories, "interval", seconds=self.settings.poll_interval_seconds,
                                id="poll-repositories", next_run_time=first)
         if self.chart_watcher is not None:
