@@ -1,0 +1,272 @@
+"""A GitHub-like API for the benchmarks: the events feed, `git/ref/heads/<branch>` and `git/matching-refs/tags`,
+with ETags, 304 answers to a matching If-None-Match and `X-Poll-Interval`, shaped like the real payloads in
+shared/fixtures/github.
+
+`FakeGitHub` is the pure answering logic, on a clock of its own (so time can be simulated). It is served either
+over real HTTP by a separate process (`python -m benchmarks.github_fake`, for measuring the client's CPU alone), or
+in-process through a requests transport adapter (`in_process_http`, for simulations that run hours in seconds).
+Pushes can be scheduled in advance, each with its event delayed or dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import hashlib
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+
+from polling_server.http import HttpClient
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github"
+BRANCH = "master"
+INITIAL_EVENTS = 30  # what a quiet repository's feed holds (the API's default page size)
+
+
+def _sha(*parts: object) -> str:
+    return hashlib.sha1("\0".join(map(str, parts)).encode()).hexdigest()  # noqa: S324 - a git-like id, not security
+
+
+def _push_template() -> dict:
+    path = FIXTURES / "events" / "PushEvent_post-2025-10_reduced.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"id": "0", "type": "PushEvent", "actor": {"login": "dev"}, "repo": {"name": "x"},
+            "payload": {"ref": "refs/heads/master", "head": "0" * 40, "before": "0" * 40},
+            "public": True, "created_at": "2026-01-01T00:00:00Z"}
+
+
+@dataclass
+class _Event:
+    visible_at: float
+    event_id: int
+    head: str
+    before: str
+
+
+@dataclass
+class _Repo:
+    owner_name: str
+    changes: list[tuple[float, str]] = field(default_factory=list)  # (time, new head), sorted by time
+    events: list[_Event] = field(default_factory=list)  # sorted by visible_at (and so by id)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def head_at(self, now: float) -> str:
+        i = bisect.bisect_right([t for t, _ in self.changes], now)
+        return self.changes[i - 1][1]
+
+    def visible_events(self, now: float) -> int:
+        return bisect.bisect_right([e.visible_at for e in self.events], now)
+
+
+class FakeGitHub:
+    """Answers GET requests like api.github.com for a set of repositories `owner/name`."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, poll_interval: int = 60):
+        self.clock = clock
+        self.poll_interval = str(poll_interval)
+        self.repos: dict[str, _Repo] = {}
+        self._next_id = 10_000_000
+        self._template = _push_template()
+        self._bodies: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self.counted = 0  # answers other than 304: they count against the rate limit
+        self.not_modified = 0
+
+    # --- setting up ---------------------------------------------------------------------------------------
+    def add_repo(self, owner_name: str, tags: int = 3, start: float = 0.0) -> None:
+        repo = _Repo(owner_name)
+        head = _sha(owner_name, "initial")
+        repo.changes.append((float("-inf"), head))
+        for k in range(INITIAL_EVENTS):  # an old history, already visible
+            self._next_id += 1
+            repo.events.append(_Event(float("-inf"), self._next_id, _sha(owner_name, "old", k), _sha(owner_name, k)))
+        repo.events[-1].head = head
+        repo.tags = {f"v1.0.{k}": _sha(owner_name, "tag", k) for k in range(tags)}
+        self.repos[owner_name] = repo
+
+    def schedule_pushes(self, pushes: list[tuple[str, float, str, float | None]]) -> None:
+        """Pushes (repo, time, new head, event delay or None when the event is lost), applied as the clock
+        passes them. Event ids follow the order the events become visible, as in the real feed."""
+        for owner_name, at, head, _ in sorted(pushes, key=lambda p: p[1]):
+            self.repos[owner_name].changes.append((at, head))
+        visible = sorted((at + delay, owner_name, head, at) for owner_name, at, head, delay in pushes
+                         if delay is not None)
+        for visible_at, owner_name, head, at in visible:
+            repo = self.repos[owner_name]
+            self._next_id += 1
+            repo.events.append(_Event(visible_at, self._next_id, head, repo.head_at(at - 1e-9)))
+
+    # --- answering ----------------------------------------------------------------------------------------
+    def handle(self, path: str, headers: CaseInsensitiveDict | dict) -> tuple[int, dict[str, str], bytes]:
+        now = self.clock()
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if len(parts) < 4 or parts[0] != "repos" or f"{parts[1]}/{parts[2]}" not in self.repos:
+            return self._answer(404, {}, b'{"message":"Not Found"}')
+        repo = self.repos[f"{parts[1]}/{parts[2]}"]
+        rest = parts[3:]
+        given = headers.get("If-None-Match")
+        if rest == ["events"]:
+            count = repo.visible_events(now)
+            etag = f'W/"{_sha(repo.owner_name, count)}"'
+            extra = {"X-Poll-Interval": self.poll_interval, "ETag": etag}
+            if given == etag:
+                return self._answer(304, extra, b"")
+            return self._answer(200, extra, self._events_body(repo, count, etag))
+        if rest[:3] == ["git", "ref", "heads"]:
+            head = repo.head_at(now)
+            etag = f'"{head}"'
+            if given == etag:
+                return self._answer(304, {"ETag": etag}, b"")
+            body = {"ref": f"refs/heads/{BRANCH}", "node_id": "REF_x",
+                    "url": f"https://api.github.com/repos/{repo.owner_name}/git/refs/heads/{BRANCH}",
+                    "object": {"sha": head, "type": "commit",
+                               "url": f"https://api.github.com/repos/{repo.owner_name}/git/commits/{head}"}}
+            return self._answer(200, {"ETag": etag}, json.dumps(body).encode())
+        if rest[:3] == ["git", "matching-refs", "tags"]:
+            etag = f'"{_sha(sorted(repo.tags.items()))}"'
+            if given == etag:
+                return self._answer(304, {"ETag": etag}, b"")
+            body = [{"ref": f"refs/tags/{n}", "node_id": "REF_t",
+                     "url": f"https://api.github.com/repos/{repo.owner_name}/git/refs/tags/{n}",
+                     "object": {"sha": s, "type": "commit",
+                                "url": f"https://api.github.com/repos/{repo.owner_name}/git/commits/{s}"}}
+                    for n, s in sorted(repo.tags.items())]
+            return self._answer(200, {"ETag": etag}, json.dumps(body).encode())
+        return self._answer(404, {}, b'{"message":"Not Found"}')
+
+    def _answer(self, status: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            if status == 304:
+                self.not_modified += 1
+            else:
+                self.counted += 1
+        headers = {**headers, "Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(body)),
+                   "x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999", "x-ratelimit-resource": "core"}
+        return status, headers, body
+
+    def _events_body(self, repo: _Repo, count: int, etag: str) -> bytes:
+        cached = self._bodies.get(etag)
+        if cached is not None:
+            return cached
+        page = []
+        for ev in reversed(repo.events[max(0, count - 100):count]):  # newest first, one page of 100
+            item = dict(self._template)
+            item["id"] = str(ev.event_id)
+            item["repo"] = {"id": 1, "name": repo.owner_name,
+                            "url": f"https://api.github.com/repos/{repo.owner_name}"}
+            item["payload"] = {"repository_id": 1, "push_id": ev.event_id, "ref": f"refs/heads/{BRANCH}",
+                               "head": ev.head, "before": ev.before}
+            page.append(item)
+        body = json.dumps(page).encode()
+        with self._lock:
+            self._bodies[etag] = body
+        return body
+
+
+# --- in-process transport ------------------------------------------------------------------------------------
+class _FakeAdapter(BaseAdapter):
+    def __init__(self, github: FakeGitHub):
+        super().__init__()
+        self.github = github
+
+    def send(self, request, **kwargs):  # noqa: ANN001 - requests' adapter signature
+        u = urlsplit(request.url)
+        status, headers, body = self.github.handle(u.path + (f"?{u.query}" if u.query else ""), request.headers)
+        resp = requests.Response()
+        resp.status_code = status
+        resp.reason = {200: "OK", 304: "Not Modified", 404: "Not Found"}.get(status, "")
+        resp.headers = CaseInsensitiveDict(headers)
+        resp._content = body
+        resp.encoding = "utf-8"
+        resp.url = request.url
+        resp.request = request
+        return resp
+
+    def close(self) -> None:
+        pass
+
+
+class _InProcessHttpClient(HttpClient):
+    """The product's HttpClient (retries, headers) with its sessions' transport swapped for the fake."""
+
+    def __init__(self, github: FakeGitHub, **kwargs):
+        super().__init__(**kwargs)
+        self._adapter = _FakeAdapter(github)
+
+    def _session(self) -> requests.Session:
+        s = super()._session()
+        if not getattr(s, "_bench_fake", False):
+            s.mount("http://", self._adapter)
+            s.mount("https://", self._adapter)
+            s._bench_fake = True
+        return s
+
+
+def in_process_http(github: FakeGitHub) -> HttpClient:
+    return _InProcessHttpClient(github, timeout=10, max_retries=0)
+
+
+# --- real HTTP, in a process of its own ----------------------------------------------------------------------
+def serve(github: FakeGitHub, latency: float, port: int = 0) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as api.github.com
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/_stats":
+                status, headers, body = 200, {}, json.dumps(
+                    {"counted": github.counted, "not_modified": github.not_modified}).encode()
+            else:
+                time.sleep(latency)
+                status, headers, body = github.handle(self.path, self.headers)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            if "Content-Length" not in headers:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class signature
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 1024
+    return server
+
+
+def repo_names(count: int) -> list[str]:
+    return [f"bench/repo-{i:04d}" for i in range(count)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Serve a GitHub-like API with N quiet repositories.")
+    p.add_argument("--repos", type=int, required=True)
+    p.add_argument("--latency-ms", type=float, default=20.0)
+    args = p.parse_args(argv)
+    github = FakeGitHub()
+    for name in repo_names(args.repos):
+        github.add_repo(name)
+    server = serve(github, args.latency_ms / 1000.0)
+    print(server.server_address[1], flush=True)
+    # Stop when the parent closes our stdin (it exits or is done with us).
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sys.stdin.read()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""A quick run of every benchmark at tiny sizes, so that they keep working: each must produce its figures and its
+section of BENCHMARKS.md. The figures themselves are not judged here (benchmarks are not pass/fail)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from benchmarks import builds, chart_index, detection, helm_api_load, poll_cycle
+from benchmarks.__main__ import render
+from benchmarks.common import Section
+
+SMALL_INDEX = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "helm-index" / \
+    "openfaas_faas-netes_docs_index.yaml"
+
+
+def _check(section: Section, keys: list[str]) -> None:
+    assert section.error is None
+    missing = [k for k in keys if k not in section.figures]
+    assert not missing, f"{section.key}: figures missing: {missing}"
+    for k in keys:
+        assert isinstance(section.figures[k], int | float) and not math.isnan(section.figures[k]), k
+    assert section.tables and all(t.rows for t in section.tables)
+    assert section.goals
+    text = render([section], "benchmarks/run --smoke", datetime.now(UTC), 1.0)
+    assert f"## {section.title}" in text and "| " + " | ".join(section.tables[0].columns) + " |" in text
+
+
+def test_poll_cycle():
+    section = poll_cycle.run(sizes=(3,), cycles=1, baseline_cycles=1)
+    _check(section, ["ours.3.wall", "ours.3.cpu", "ours.3.rss_mb", "ours.3.server_counted_per_cycle",
+                     "baseline.3.wall", "baseline.3.cpu", "baseline.3.counted_per_cycle"])
+    assert section.figures["baseline.3.counted_per_cycle"] == 3  # the baseline's requests all count
+
+
+def test_detection_latency():
+    section = detection.run(repos=2, hours=2, mean_push_interval=900)
+    _check(section, ["ours.pushes", "ours.missed", "ours.p50", "ours.max", "baseline.missed"])
+    assert section.figures["ours.pushes"] > 0
+
+
+def test_chart_index():
+    section = chart_index.run(copies=2, repeat=1, unchanged_polls=1, text=SMALL_INDEX.read_text())
+    _check(section, [f"{k}.{f}" for k in ("real", "x2") for f in
+                     ("ours_parse_diff", "baseline_parse_diff", "ours_unchanged_poll", "baseline_poll")])
+    assert section.figures["x2.versions"] == 2 * section.figures["real.versions"] - 1
+
+
+def test_helm_api_load():
+    section = helm_api_load.run(sequential=3, burst=5)
+    _check(section, ["ours.seq_p50", "ours.seq_p99", "ours.burst_p99", "ours.burst_running",
+                     "baseline.burst_jobs_created"])
+
+
+@pytest.mark.engine
+def test_builds(docker_client, registry):
+    section = builds.run(rounds=1)
+    _check(section, ["daemon_cold", "daemon_cached", "engine_cold", "bare_cold", "overhead_cold"])
