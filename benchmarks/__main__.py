@@ -77,6 +77,11 @@ def render(sections: list[Section], command: str, started: datetime, total: floa
         if s.error:
             out.append(f"| {s.key} | (benchmark did not finish) | **NO** | {s.error} |")
     out.append("")
+    unmet = [(s, g) for s, g in goals if not g.met and g.why]
+    if unmet:
+        out += ["Goals not met, and why:", ""]
+        out += [f"- {s.key}, {g.text}: {g.why}" for s, g in unmet]
+        out.append("")
     for s in sections:
         out += [f"## {s.title}", ""]
         if s.error:

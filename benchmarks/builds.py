@@ -233,8 +233,14 @@ def run(rounds: int = 3) -> Section:
         f"Of the daemon's overhead, per build (median): fetching the commit with git {fmt_s(m['fetch'])}, "
         f"confirming the pushed digests with the registry {fmt_s(m['confirm'])}; the rest is connecting to the "
         "engine, the state store, logging and thread hand-offs.")
-    section.goals.append(Goal("daemon overhead around the engine under 10% (cold build of a small image)",
-                              over_cold < 0.10, f"{over_cold:.1%}"))
+    without_fetch = (m["daemon_cold"] - m["engine_cold"] - m["fetch"]) / m["engine_cold"]
+    section.goals.append(Goal(
+        "daemon overhead around the engine under 10% (cold build of a small image)", over_cold < 0.10,
+        f"{over_cold:.1%}",
+        why=f"{fmt_s(m['fetch'])} of it is fetching the exact commit with git (a shallow fetch of ~1 MB of "
+            "incompressible files: git's pack and index work), which a build must do and the bare baseline, "
+            f"building the work tree in place, does not; without the fetch the overhead is {without_fetch:.1%}. "
+            "For a build of realistic length the fetch is a small share."))
     section.notes.append(
         "Overhead = the worker's wall time for the build (claim, git fetch of the commit into a temporary "
         "directory, build, tag, push, confirming the digest with the registry, recording) minus the time spent "

@@ -20,6 +20,7 @@ class Goal:
     text: str
     met: bool
     evidence: str
+    why: str = ""  # when not met: why, from this run's figures
 
 
 @dataclass

@@ -135,9 +135,10 @@ def http_stack_costs(api: str, requests_per_stack: int = 100) -> dict[str, float
     path = f"/repos/{repo_names(1)[0]}/events?per_page=100"
     etag = requests.get(api + path, timeout=10).headers["ETag"]
     headers = {"If-None-Match": etag, "Authorization": "Bearer bench-token", "Accept": "application/vnd.github+json"}
+    from polling_server.http import HttpClient
+
     plain = requests.Session()
-    no_env = requests.Session()
-    no_env.trust_env = False
+    ours = HttpClient(timeout=10, max_retries=0)
     pool = urllib3.PoolManager()
     u = urlsplit(api)
     conn = http.client.HTTPConnection(u.hostname, u.port)
@@ -147,9 +148,10 @@ def http_stack_costs(api: str, requests_per_stack: int = 100) -> dict[str, float
         conn.getresponse().read()
 
     stacks = {
-        "requests.Session (as HttpClient uses it)": lambda: plain.get(api + path, headers=headers, timeout=10),
-        "requests.Session, trust_env=False (no proxy lookup from the environment per request)":
-            lambda: no_env.get(api + path, headers=headers, timeout=10),
+        "requests.Session with its defaults (proxy settings looked up in the environment per request)":
+            lambda: plain.get(api + path, headers=headers, timeout=10),
+        "polling_server.http.HttpClient (requests; environment resolved once per host)":
+            lambda: ours.get(api + path, headers=headers),
         "urllib3.PoolManager": lambda: pool.request("GET", api + path, headers=headers),
         "http.client.HTTPConnection": raw,
     }
@@ -232,8 +234,15 @@ def run(sizes: tuple[int, ...] = (10, 100, 1000), cycles: int = 5, baseline_cycl
     if big >= 1000:
         w, c = f[f"ours.{big}.wall"], f[f"ours.{big}.cpu"]
         section.goals.append(Goal(f"{big}-repository cycle under 2 s wall", w < 2.0, fmt_s(w)))
-        section.goals.append(Goal(f"{big}-repository cycle well under 1 CPU-second (< 0.5 s)", c < 0.5,
-                                  f"{c:.3f} CPU-s"))
+        ours_per_request = f.get("stack.1", float("nan"))
+        raw_per_request = f.get("stack.3", float("nan"))
+        section.goals.append(Goal(
+            f"{big}-repository cycle well under 1 CPU-second (< 0.5 s)", c < 0.5, f"{c:.3f} CPU-s",
+            why=f"the floor is the HTTP client: {ours_per_request * 1000:.2f} ms of CPU per conditional request "
+                f"in requests (table above), times {big} requests, plus thread hand-offs. The HTTP layer stays "
+                "on requests because every GitHub test fakes it with `responses`; a bare http.client request "
+                f"costs {raw_per_request * 1000:.2f} ms. In production this is "
+                f"{c / 60:.1%} of one core at the 60 s poll interval."))
     section.notes.append(
         f"Server: `benchmarks/github_fake.py` in its own process (ThreadingHTTPServer, HTTP/1.1 keep-alive), "
         f"{LATENCY_MS:g} ms sleep per request, ETag/304/X-Poll-Interval like api.github.com, 30 events per feed. "

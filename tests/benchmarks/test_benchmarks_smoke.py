@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from benchmarks import builds, chart_index, detection, helm_api_load, poll_cycle
 from benchmarks.__main__ import render
 from benchmarks.common import Section
+from tests.fixture_paths import OPENFAAS
 
-SMALL_INDEX = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "helm-index" / \
-    "openfaas_faas-netes_docs_index.yaml"
+SMALL_INDEX = OPENFAAS
 
 
 def _check(section: Section, keys: list[str]) -> None:
