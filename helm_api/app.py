@@ -16,6 +16,8 @@ from helm_api.metrics import ApplyMetrics
 from helm_api.reconciler import Reconciler
 from helm_api.service import ApplyService
 
+MAX_BODY_BYTES = 1024 * 1024
+
 
 def build_backend(settings: Settings, api_client: Any = None) -> JobBackend:
     """The offline backend when an offline CronJob file is configured, else the Kubernetes one."""
@@ -45,6 +47,8 @@ def create_app(
     False; stop it with ``app.extensions["helm_api"].reconciler.stop()``."""
     app = Flask(__name__)
     app.json.sort_keys = False
+    # A request body is a short JSON object: anything this big is refused (413, as JSON) before it is read.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     if test_config is not None:
         app.config.from_mapping(test_config)
     if settings is None:

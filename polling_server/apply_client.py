@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "helmsman-cd-polling-server"
 MAX_REASON_LENGTH = 1000  # the Helm API refuses a reason longer than 1024 characters with a 400
+MAX_CHARTS_IN_BODY = 500  # keeps the body far below the Helm API's 1 MiB limit (the reason counts them all)
 _REJECTED = frozenset({400, 401, 403, 404})
 _TRANSIENT_4XX = frozenset({408, 409, 425, 429})
 
@@ -107,8 +108,9 @@ def apply_reason(changes: tuple[ChartChange, ...], limit: int = MAX_REASON_LENGT
 
 
 def apply_charts(changes: tuple[ChartChange, ...]) -> list[dict]:
-    """The `charts` list of the request body: every change, in full."""
-    return [{"name": c.name, "version": c.version, "digest": c.digest, "change": c.change} for c in changes]
+    """The `charts` list of the request body: the changes in full, at most MAX_CHARTS_IN_BODY of them."""
+    return [{"name": c.name, "version": c.version, "digest": c.digest, "change": c.change}
+            for c in changes[:MAX_CHARTS_IN_BODY]]
 
 
 class ApplySender:

@@ -133,6 +133,13 @@ def test_bad_body_is_400(client, kube, cronjob, data, content_type, message):
     assert kube.posted_jobs() == []
 
 
+def test_oversized_body_is_refused_unread(client, kube, cronjob):
+    huge = '{"reason": "' + "x" * (2 * 1024 * 1024) + '"}'
+    body = assert_clean_error(client.post("/apply", data=huge, content_type="application/json", headers=AUTH), 413)
+    assert body["error"]
+    assert kube.posted_jobs() == []
+
+
 @pytest.mark.parametrize("query", ["limit=abc", "limit=0", "limit=100000"])
 def test_bad_limit_is_400(client, cronjob, query):
     assert_clean_error(client.get(f"/apply?{query}", headers=AUTH), 400)

@@ -399,3 +399,12 @@ def test_several_charts_in_one_poll_make_one_post(tmp_path, rsps, clock):
                                                                    ("mqtt-connector", "0.5.0")}
     assert "cron-connector-0.7.0 (added)" in body["reason"] and "mqtt-connector-0.5.0 (added)" in body["reason"]
     store.close()
+
+
+def test_request_body_lists_at_most_500_charts_and_the_reason_counts_all():
+    from polling_server.apply_client import apply_charts, apply_reason
+
+    changes = tuple(ChartChange("app", f"1.0.{i}", "d", "added") for i in range(600))
+    assert len(apply_charts(changes)) == 500
+    reason = apply_reason(changes)
+    assert len(reason) <= 1000 and "more" in reason
