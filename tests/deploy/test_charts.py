@@ -207,3 +207,21 @@ def test_helmsman_cronjob_rejects_unknown_dss_order():
     result = run_helm("template", "x", str(CHARTS_DIR / "helmsman-cronjob"), "--set", "dss.order={common,missing}")
     assert result.returncode != 0
     assert "missing" in result.stderr
+
+
+@pytest.mark.parametrize("values", [(), (VALUES_DIR / "polling-server-production.yaml",)],
+                         ids=["defaults", "production"])
+def test_polling_server_config_is_accepted_by_the_poller(values):
+    """The rendered ConfigMap passes the poller's own validation, with every ${VAR} the Deployment provides."""
+    import yaml
+
+    from polling_server.config import parse_settings
+
+    docs = render("polling-server", *values)
+    (cm,) = find(docs, "ConfigMap")
+    (deploy,) = find(docs, "Deployment")
+    container = next(c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "polling-server")
+    env = {name: "x" for name in _env(container)}
+    settings = parse_settings(yaml.safe_load(cm["data"]["config.yaml"]), "ConfigMap config.yaml", env)
+    assert settings.state_path.startswith("/var/lib/polling-server/")
+    assert settings.http.port == 8081
