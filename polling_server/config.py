@@ -316,6 +316,8 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
             timeout_seconds=c.get("timeout_seconds", float, 30.0, _positive),
         )
         c.done()
+        if chart_repository.password and not chart_repository.username:
+            c.fail("password is set but username is not (basic auth needs both)", "username")
         if chart_repository.token and chart_repository.password:
             c.fail("give either token (bearer) or username/password (basic auth), not both", "token")
 

@@ -57,6 +57,8 @@ def test_env_expansion_and_masking():
     ({"repositories": [{"url": "--upload-pack=evil", "image": "a/b"}]}, "repositories[0].url", "must not start"),
     ({"chart_repository": {"url": "http://charts"}}, "helm_api", "required"),
     ({"registry": {"password": "x"}}, "registry.username", "password is set"),
+    ({"chart_repository": {"url": "http://c", "password": "x"}, "helm_api": {"url": "http://h"}},
+     "chart_repository.username", "password is set"),
     ({"log_format": "xml"}, "log_format", "text or json"),
 ])
 def test_errors_name_file_key_and_problem(patch, where, what):
