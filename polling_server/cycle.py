@@ -23,7 +23,7 @@ from polling_server.metrics import Metrics
 from polling_server.model import BuildRequest
 from polling_server.planner import plan_repository
 from polling_server.sources import RepositorySource
-from polling_server.state import Cursor, StateStore
+from polling_server.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class RepositoryPoller:
         self._lock = threading.Lock()
         self._not_before: dict[str, float] = {}  # repo -> earliest next poll (X-Poll-Interval)
         self._paused_until: dict[str, float] = {}  # source kind -> end of a rate-limit episode
+        # repo -> last time its refs were read directly. In memory on purpose: after a restart every repository
+        # is reconciled on its first poll, which also catches whatever changed while the daemon was down.
+        self._reconciled_at: dict[str, float] = {}
         self.last_cycle_at: float | None = None
 
     def poll_all(self, dry_run: bool = False) -> CycleReport:
@@ -98,9 +101,10 @@ class RepositoryPoller:
                 return None
         source = self.sources[repo.kind]
         state = self.store.repo_state(repo.name)
-        reconcile_key = f"reconciled:{repo.name}"
-        last_reconcile = float(self.store.cursor(reconcile_key).value or 0)
-        reconcile = not state.baseline or now - last_reconcile >= self.settings.reconcile_interval_seconds
+        with self._lock:
+            last_reconcile = self._reconciled_at.get(repo.name)
+        reconcile = (not state.baseline or last_reconcile is None
+                     or now - last_reconcile >= self.settings.reconcile_interval_seconds)
         try:
             polled = source.poll(repo, self.store, state, reconcile)
         except RateLimited as e:
@@ -110,9 +114,11 @@ class RepositoryPoller:
         self.metrics.not_modified.labels(repo.kind).inc(polled.not_modified)
         for why in polled.skipped:
             log_event(log, "poll.skipped", "warning", why, repo=repo.name)
-        if polled.poll_interval:
-            with self._lock:
+        with self._lock:
+            if polled.poll_interval:
                 self._not_before[repo.name] = now + polled.poll_interval
+            if reconcile:
+                self._reconciled_at[repo.name] = now
 
         plan = plan_repository(repo, polled.observation, state)
         for d in plan.decisions:
@@ -122,8 +128,6 @@ class RepositoryPoller:
         self.metrics.polls.labels(repo.kind, "ok").inc()
 
         cursors = dict(polled.cursors)
-        if reconcile:
-            cursors[reconcile_key] = Cursor(value=repr(now))
         changed = plan.new_state != state or plan.builds
         cursors = {k: c for k, c in cursors.items() if c != self.store.cursor(k)} if not changed else cursors
         if not dry_run and (changed or cursors or polled.tag_objects):

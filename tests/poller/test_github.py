@@ -302,3 +302,22 @@ def test_deleted_branch_and_tag_plan_nothing(tmp_path, clock):
         poller.poll_one(settings.repositories[0])
     assert planned(store) == []
     assert store.repo_state("acme/app").tags == {}
+
+
+def test_first_poll_after_a_restart_reads_the_refs(tmp_path, clock):
+    """A merge made while the daemon was down, whose event is late: the restart's first poll still finds it."""
+    settings, store, poller = make(tmp_path, clock)
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        baseline(rsps, poller, settings)
+        store.close()
+        settings, store, restarted = make(tmp_path, clock)
+        clock.t += 61
+        add_events(rsps, None, status=304, if_none_match='W/"e0"')
+        add_branch(rsps, B, etag='"b1"', if_none_match='"b0"')
+        add_tags(rsps, None, status=304, if_none_match='"t0"')
+        restarted.poll_one(settings.repositories[0])
+        # Then back to events only until the reconcile interval has passed.
+        clock.t += 61
+        add_events(rsps, None, status=304, if_none_match='W/"e0"')
+        restarted.poll_one(settings.repositories[0])
+    assert planned(store) == [("staging", "master", B)]
