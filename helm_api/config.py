@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from helm_api.errors import ConfigError
@@ -50,9 +50,6 @@ class Settings:
     @property
     def offline(self) -> bool:
         return self.offline_cronjob_file is not None
-
-    def with_overrides(self, **changes: object) -> Settings:
-        return replace(self, **changes)
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:

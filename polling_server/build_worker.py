@@ -111,26 +111,10 @@ class BuildWorker:
         """
         started = time.time()
         finished: list[BuildRecord] = []
-        while True:
-            nxt = self._next_due(started)
-            if nxt is None:
-                break
-            record = self.store.claim_build()
-            if record is None:
-                break
+        while (record := self.store.claim_build(due_by=started)) is not None:
             finished.append(self._process(record))
         self._update_queue_gauge()
         return finished
-
-    def _next_due(self, cutoff: float) -> BuildRecord | None:
-        """The build claim_build would pick now, if it was already due when the run started."""
-        running = {b.repo for b in self.store.builds(status=BuildStatus.RUNNING, limit=1_000_000)}
-        queued = [b for b in self.store.builds(status=BuildStatus.QUEUED, limit=1_000_000)
-                  if b.repo not in running and b.next_attempt_at <= time.time()]
-        if not queued:
-            return None
-        first = min(queued, key=lambda b: (b.next_attempt_at, b.id))
-        return first if first.next_attempt_at <= cutoff else None
 
     # --- one build ------------------------------------------------------------------------------------------
     def _process(self, record: BuildRecord) -> BuildRecord:

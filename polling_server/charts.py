@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from polling_server.apply_client import apply_reason
 from polling_server.config import ChartRepositorySettings, Settings
 from polling_server.errors import MalformedResponse, SourceError, SourceRejected, SourceUnavailable
 from polling_server.http import HttpClient, Unreachable, safe_url, server_message
@@ -311,7 +312,7 @@ class ChartWatcher:
             record = self.store.save_charts(self.repo_url, plan, fetched.index_hash)
             if record is not None:
                 log_event(log, "apply.queued", repository=self.repo_url, request_id=record.request_id,
-                          changes=len(record.changes), reason=_short_reason(record.reason))
+                          changes=len(record.changes), reason=apply_reason(record.changes, limit=300))
         # Saved after the state it stands for: a crash in between costs one full download, never a lost change.
         self._save_cursor(stored, fetched.cursor)
         return plan
@@ -322,5 +323,3 @@ class ChartWatcher:
             self.store.save_poll(self.cursor_key, None, {self.cursor_key: new})
 
 
-def _short_reason(reason: str, limit: int = 300) -> str:
-    return reason if len(reason) <= limit else reason[: limit - 3] + "..."

@@ -12,8 +12,6 @@ import sys
 import time
 from typing import Any
 
-_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
 
 def log_event(logger: logging.Logger, event: str, level: str | int = "info", msg: str | None = None,
               **fields: Any) -> None:

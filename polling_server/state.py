@@ -145,11 +145,6 @@ class ApplyRecord:
     created_at: float
     accepted_at: float | None
 
-    @property
-    def reason(self) -> str:
-        return "chart change: " + ", ".join(c.describe() for c in self.changes)
-
-
 class StateStore:
     """All reads and writes of the state database. Safe to share between threads."""
 
@@ -228,8 +223,6 @@ class StateStore:
                 db.execute("INSERT OR REPLACE INTO tag_objects (sha, commit_sha) VALUES (?, ?)", (sha, commit))
         return ids
 
-    def known_repositories(self) -> list[str]:
-        return [r["name"] for r in self._query("SELECT name FROM repos ORDER BY name")]
 
     # --- builds ------------------------------------------------------------------------------------------
     @staticmethod
@@ -253,14 +246,18 @@ class StateStore:
     def superseded_by(self, build_id: int) -> list[BuildRecord]:
         return self._builds("WHERE superseded_by = ?", (build_id,))
 
-    def claim_build(self) -> BuildRecord | None:
-        """Mark the next due build running and return it; at most one running build per repository."""
+    def claim_build(self, due_by: float | None = None) -> BuildRecord | None:
+        """Mark the next due build running and return it; at most one running build per repository.
+
+        `due_by`: only a build that was already due at that time (a run that must not pick up retries it caused).
+        """
         now = self._clock()
+        cutoff = now if due_by is None else min(now, due_by)
         with self._tx() as db:
             row = db.execute(
                 "SELECT id FROM builds WHERE status = ? AND next_attempt_at <= ? AND repo NOT IN "
                 "(SELECT repo FROM builds WHERE status = ?) ORDER BY next_attempt_at, id LIMIT 1",
-                (BuildStatus.QUEUED.value, now, BuildStatus.RUNNING.value),
+                (BuildStatus.QUEUED.value, cutoff, BuildStatus.RUNNING.value),
             ).fetchone()
             if row is None:
                 return None
