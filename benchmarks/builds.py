@@ -144,11 +144,11 @@ def _time_parts(builder) -> dict[str, float]:  # noqa: ANN001
 def run(rounds: int = 3) -> Section:
     import docker
 
-    from polling_server.build_worker import BuildWorker
-    from polling_server.builder import ImageBuilder
+    from polling_server.builds.docker_engine import ImageBuilder
+    from polling_server.builds.worker import BuildWorker
     from polling_server.config import parse_settings
     from polling_server.metrics import Metrics
-    from polling_server.model import BuildKind, BuildRequest, BuildStatus, RepoPlan, RepoState
+    from polling_server.planning.model import BuildKind, BuildRequest, BuildStatus, RepoPlan, RepoState
     from polling_server.state import StateStore
 
     registry = os.environ.get("CD_REGISTRY")

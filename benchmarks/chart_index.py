@@ -111,11 +111,12 @@ def _best(fn, repeat: int) -> float:
 
 
 def measure(name: str, text: str, repeat: int, unchanged_polls: int) -> dict:
-    from polling_server.charts import ChartWatcher, parse_index
+    from polling_server.chart_watch import ChartWatcher
     from polling_server.config import parse_settings
     from polling_server.metrics import Metrics
-    from polling_server.model import ChartState
-    from polling_server.planner import plan_charts
+    from polling_server.planning.model import ChartState
+    from polling_server.planning.planner import plan_charts
+    from polling_server.sources.chart_index import parse_index
     from polling_server.state import StateStore
 
     before = text.encode()

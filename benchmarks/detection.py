@@ -53,8 +53,8 @@ class _Clock:
 def simulate(repos: int, hours: float, mean_push_interval: float, seed: int, reconcile: bool) -> dict:
     from polling_server.config import parse_settings
     from polling_server.cycle import RepositoryPoller
-    from polling_server.github import GitHubSource
     from polling_server.metrics import Metrics
+    from polling_server.sources.github import GitHubSource
     from polling_server.state import StateStore
 
     rng = random.Random(seed)

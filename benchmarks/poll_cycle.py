@@ -43,8 +43,8 @@ def _server_stats(api: str) -> dict:
 def run_ours(api: str, repos: int, cycles: int, concurrency: int) -> dict:
     from polling_server.config import parse_settings
     from polling_server.cycle import RepositoryPoller
-    from polling_server.github import GitHubSource
     from polling_server.metrics import Metrics
+    from polling_server.sources.github import GitHubSource
     from polling_server.state import StateStore
 
     with tempfile.TemporaryDirectory() as tmp:

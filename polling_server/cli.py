@@ -15,7 +15,7 @@ import time
 from polling_server.config import Settings, load_settings
 from polling_server.errors import ConfigError
 from polling_server.logs import setup_logging
-from polling_server.versions import parse_release_tag
+from polling_server.planning.versions import parse_release_tag
 
 
 def _parser() -> argparse.ArgumentParser:

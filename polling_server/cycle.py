@@ -20,9 +20,9 @@ from polling_server.config import RepositorySettings, Settings
 from polling_server.errors import RateLimited, SourceError
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
-from polling_server.model import BuildRequest
-from polling_server.planner import plan_repository
-from polling_server.sources import RepositorySource
+from polling_server.planning.model import BuildRequest
+from polling_server.planning.planner import plan_repository
+from polling_server.sources.base import RepositorySource
 from polling_server.state import StateStore
 
 log = logging.getLogger(__name__)

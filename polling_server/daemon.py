@@ -19,12 +19,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from polling_server.config import Settings
 from polling_server.cycle import CycleReport, RepositoryPoller
-from polling_server.git_remote import GitRemoteSource
-from polling_server.github import GitHubSource
-from polling_server.health import HealthServer
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
+from polling_server.sources.git_remote import GitRemoteSource
+from polling_server.sources.github import GitHubSource
 from polling_server.state import StateStore
+from polling_server.web.health import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ class Daemon:
         self.chart_watcher = chart_watcher
         self.apply_sender = apply_sender
         if settings.chart_repository and chart_watcher is None:
-            from polling_server.charts import ChartWatcher
+            from polling_server.chart_watch import ChartWatcher
 
             self.chart_watcher = ChartWatcher(settings, self.store, self.metrics)
         if settings.helm_api and apply_sender is None:
-            from polling_server.apply_client import ApplySender
+            from polling_server.applies.helm_api_client import ApplySender
 
             self.apply_sender = ApplySender(settings, self.store, self.metrics)
         self.scheduler: BackgroundScheduler | None = None
@@ -70,8 +70,8 @@ class Daemon:
     @property
     def worker(self):
         if self._worker is None:
-            from polling_server.build_worker import BuildWorker
-            from polling_server.builder import ImageBuilder
+            from polling_server.builds.docker_engine import ImageBuilder
+            from polling_server.builds.worker import BuildWorker
 
             builder = self._builder or ImageBuilder(self.settings)
             self._worker = BuildWorker(self.settings, self.store, builder, self.metrics)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from polling_server.model import (
+from polling_server.planning.model import (
     BuildKind,
     BuildRequest,
     BuildStatus,

@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 
 from polling_server.config import Settings, parse_settings
-from polling_server.model import BuildKind, BuildRequest, RepoPlan, RepoState
+from polling_server.planning.model import BuildKind, BuildRequest, RepoPlan, RepoState
+from polling_server.planning.versions import parse_release_tag
 from polling_server.state import StateStore
-from polling_server.versions import parse_release_tag
 
 
 def unique_image(prefix: str = "cd-test") -> str:

@@ -12,14 +12,21 @@ import requests
 import responses
 from responses import matchers
 
-from polling_server.apply_client import MAX_REASON_LENGTH, ApplyResult, ApplySender, HelmApiClient, apply_reason
-from polling_server.charts import ChartIndexSource, ChartWatcher
+from polling_server.applies.helm_api_client import (
+    MAX_REASON_LENGTH,
+    ApplyResult,
+    ApplySender,
+    HelmApiClient,
+    apply_reason,
+)
+from polling_server.chart_watch import ChartWatcher
 from polling_server.config import parse_settings
 from polling_server.errors import ApplyRejected, ApplyUnavailable
 from polling_server.http import HttpClient
 from polling_server.metrics import Metrics
-from polling_server.model import ChartChange, ChartState
-from polling_server.planner import plan_charts
+from polling_server.planning.model import ChartChange, ChartState
+from polling_server.planning.planner import plan_charts
+from polling_server.sources.chart_index import ChartIndexSource
 from polling_server.state import StateStore
 from tests.fixture_paths import FIXTURES
 
@@ -402,7 +409,7 @@ def test_several_charts_in_one_poll_make_one_post(tmp_path, rsps, clock):
 
 
 def test_request_body_lists_at_most_500_charts_and_the_reason_counts_all():
-    from polling_server.apply_client import apply_charts, apply_reason
+    from polling_server.applies.helm_api_client import apply_charts, apply_reason
 
     changes = tuple(ChartChange("app", f"1.0.{i}", "d", "added") for i in range(600))
     assert len(apply_charts(changes)) == 500

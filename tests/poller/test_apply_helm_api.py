@@ -16,12 +16,12 @@ except ImportError:
 from werkzeug.serving import make_server
 
 from helm_api.app import create_app
-from polling_server.apply_client import ApplySender, HelmApiClient
+from polling_server.applies.helm_api_client import ApplySender, HelmApiClient
 from polling_server.config import parse_settings
 from polling_server.http import HttpClient
 from polling_server.metrics import Metrics
-from polling_server.model import ChartState
-from polling_server.planner import plan_charts
+from polling_server.planning.model import ChartState
+from polling_server.planning.planner import plan_charts
 from polling_server.state import StateStore
 
 TOKEN = "e2e-t0ken"

@@ -11,10 +11,10 @@ import docker
 import pytest
 import responses
 
-from polling_server.build_worker import BuildWorker
-from polling_server.builder import ImageBuilder
+from polling_server.builds.docker_engine import ImageBuilder
+from polling_server.builds.worker import BuildWorker
 from polling_server.metrics import Metrics
-from polling_server.model import BuildStatus
+from polling_server.planning.model import BuildStatus
 from polling_server.state import StateStore
 from tests.gitrepo import GitRepo
 from tests.poller.build_helpers import (

@@ -17,15 +17,15 @@ import pytest
 import responses
 from responses import matchers
 
-from polling_server import source_fetch
-from polling_server.build_worker import BuildWorker, retry_delay
-from polling_server.builder import BuildResult, ImageBuilder, primary_tags
+from polling_server.builds import source_fetch
+from polling_server.builds.docker_engine import BuildResult, ImageBuilder, primary_tags
+from polling_server.builds.registry import RegistryClient, RegistryError
+from polling_server.builds.source_fetch import SourceFetcher
+from polling_server.builds.worker import BuildWorker, retry_delay
 from polling_server.errors import EngineUnavailable, ImageBuildFailed, SourceFetchError
 from polling_server.http import HttpClient
 from polling_server.metrics import Metrics
-from polling_server.model import BuildStatus
-from polling_server.registry import RegistryClient, RegistryError
-from polling_server.source_fetch import SourceFetcher
+from polling_server.planning.model import BuildStatus
 from polling_server.state import StateStore
 from tests.gitrepo import GitRepo
 from tests.poller.build_helpers import enqueue, github_tarball, make_settings

@@ -10,11 +10,11 @@ import responses
 import yaml
 from responses import matchers
 
-from polling_server import charts
-from polling_server.charts import ChartIndexSource, parse_index
 from polling_server.config import parse_settings
 from polling_server.errors import MalformedResponse, SourceRejected, SourceUnavailable
 from polling_server.http import HttpClient
+from polling_server.sources import chart_index as charts
+from polling_server.sources.chart_index import ChartIndexSource, parse_index
 from polling_server.state import Cursor
 from tests.fixture_paths import ACTIVITI, CHARTMUSEUM_401, CHARTMUSEUM_EMPTY, OPENFAAS, STAKATER
 

@@ -15,12 +15,13 @@ import pytest
 import responses
 from responses import matchers
 
-from polling_server import charts
-from polling_server.charts import ChartIndexSource, ChartWatcher, parse_index
+from polling_server.chart_watch import ChartWatcher
 from polling_server.config import parse_settings
 from polling_server.http import HttpClient
 from polling_server.metrics import Metrics
-from polling_server.model import ChartChange
+from polling_server.planning.model import ChartChange
+from polling_server.sources import chart_index as charts
+from polling_server.sources.chart_index import ChartIndexSource, parse_index
 from polling_server.state import StateStore
 from tests.fixture_paths import ACTIVITI, CHARTMUSEUM_401, CHARTMUSEUM_EMPTY, OPENFAAS, STAKATER
 

@@ -6,7 +6,7 @@ import time
 
 import requests
 
-from polling_server.builder import BuildResult
+from polling_server.builds.docker_engine import BuildResult
 from polling_server.config import parse_settings
 from polling_server.daemon import Daemon
 from tests.gitrepo import GitRepo

@@ -7,8 +7,8 @@ import pytest
 from polling_server.config import parse_settings
 from polling_server.cycle import RepositoryPoller
 from polling_server.errors import SourceRejected
-from polling_server.git_remote import GitRemoteSource, parse_ls_remote
 from polling_server.metrics import Metrics
+from polling_server.sources.git_remote import GitRemoteSource, parse_ls_remote
 from polling_server.state import StateStore
 from tests.gitrepo import GitRepo, git
 

@@ -10,10 +10,10 @@ import responses
 from polling_server.config import parse_settings
 from polling_server.cycle import RepositoryPoller
 from polling_server.errors import RateLimited
-from polling_server.git_remote import GitRemoteSource
-from polling_server.github import GitHubSource
 from polling_server.http import HttpClient
 from polling_server.metrics import Metrics
+from polling_server.sources.git_remote import GitRemoteSource
+from polling_server.sources.github import GitHubSource
 from polling_server.state import StateStore
 from tests.poller.github_fakes import (
     BASE,

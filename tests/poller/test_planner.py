@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from polling_server.config import parse_settings
-from polling_server.model import BuildKind, BuildRequest, ChartState, Observation, RepoState
-from polling_server.planner import plan_charts, plan_repository
+from polling_server.planning.model import BuildKind, BuildRequest, ChartState, Observation, RepoState
+from polling_server.planning.planner import plan_charts, plan_repository
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 

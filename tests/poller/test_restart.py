@@ -6,9 +6,9 @@ import pytest
 
 from polling_server.config import parse_settings
 from polling_server.cycle import RepositoryPoller
-from polling_server.git_remote import GitRemoteSource
 from polling_server.metrics import Metrics
-from polling_server.model import BuildStatus
+from polling_server.planning.model import BuildStatus
+from polling_server.sources.git_remote import GitRemoteSource
 from polling_server.state import StateStore
 from tests.gitrepo import GitRepo
 
@@ -74,7 +74,7 @@ def test_changes_made_while_the_daemon_was_down_are_planned(tmp_path):
 
 def test_interrupted_build_is_queued_again_and_finished_one_is_kept(tmp_path):
     store = StateStore(tmp_path / "s.db")
-    from polling_server.model import BuildKind, BuildRequest, RepoPlan, RepoState
+    from polling_server.planning.model import BuildKind, BuildRequest, RepoPlan, RepoState
 
     plan = RepoPlan((BuildRequest("app", BuildKind.RELEASE, "v1.0.0", "a" * 40, "1.0.0"),
                      BuildRequest("other", BuildKind.RELEASE, "v1.0.0", "b" * 40, "1.0.0")), RepoState(True), ())

@@ -25,6 +25,8 @@ import requests
 import semver
 import urllib3.exceptions
 
+from polling_server.builds.registry import RegistryClient, RegistryError
+from polling_server.builds.source_fetch import SourceFetcher, public_url, scrub, source_url
 from polling_server.config import RepositorySettings, Settings
 from polling_server.errors import (
     BuildError,
@@ -34,11 +36,9 @@ from polling_server.errors import (
     PushFailed,
 )
 from polling_server.http import HttpClient
-from polling_server.model import BuildKind
-from polling_server.registry import RegistryClient, RegistryError
-from polling_server.source_fetch import SourceFetcher, public_url, scrub, source_url
+from polling_server.planning.model import BuildKind
+from polling_server.planning.versions import floating_tags, image_tag_for, parse_release_tag
 from polling_server.state import BuildRecord
-from polling_server.versions import floating_tags, image_tag_for, parse_release_tag
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import subprocess
 from polling_server.config import RepositorySettings
 from polling_server.errors import MalformedResponse, SourceRejected, SourceUnavailable
 from polling_server.http import safe_url
-from polling_server.model import Observation, RepoState
-from polling_server.sources import CursorReader, SourcePoll
+from polling_server.planning.model import Observation, RepoState
+from polling_server.sources.base import CursorReader, SourcePoll
 
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "SSH_ASKPASS": "/bin/false",
             "LC_ALL": "C"}

@@ -15,12 +15,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from polling_server.builder import BuildResult, ImageBuilder
+from polling_server.builds.docker_engine import BuildResult, ImageBuilder
 from polling_server.config import Settings
 from polling_server.errors import BuildError, BuildTimeout
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
-from polling_server.model import BuildStatus
+from polling_server.planning.model import BuildStatus
 from polling_server.state import BuildRecord, StateStore
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from polling_server.errors import ApplyRejected, ApplyUnavailable
 from polling_server.http import HttpClient, Unreachable, safe_url, server_message
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
-from polling_server.model import ChartChange
+from polling_server.planning.model import ChartChange
 from polling_server.state import ApplyRecord, StateStore
 
 log = logging.getLogger(__name__)

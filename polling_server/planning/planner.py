@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from polling_server.config import RepositorySettings
-from polling_server.model import (
+from polling_server.planning.model import (
     BuildKind,
     BuildRequest,
     ChartChange,
@@ -34,7 +34,7 @@ from polling_server.model import (
     RepoPlan,
     RepoState,
 )
-from polling_server.versions import parse_release_tag
+from polling_server.planning.versions import parse_release_tag
 
 
 def plan_repository(repo: RepositorySettings, observed: Observation, state: RepoState) -> RepoPlan:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from polling_server.config import RepositorySettings
-from polling_server.model import Observation, RepoState
+from polling_server.planning.model import Observation, RepoState
 from polling_server.state import Cursor
 
 

@@ -25,8 +25,8 @@ from polling_server.config import GitHubSettings, RepositorySettings
 from polling_server.errors import MalformedResponse, RateLimited, SourceRejected, SourceUnavailable
 from polling_server.http import HttpClient, Unreachable, retry_after_seconds, server_message
 from polling_server.logs import log_event
-from polling_server.model import Observation, RepoState
-from polling_server.sources import CursorReader, SourcePoll
+from polling_server.planning.model import Observation, RepoState
+from polling_server.sources.base import CursorReader, SourcePoll
 from polling_server.state import Cursor
 
 log = logging.getLogger(__name__)

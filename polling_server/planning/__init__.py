@@ -1,0 +1,1 @@
+"""The pure decisions: typed values, the planner and the semver rules. No I/O here."""

@@ -1,0 +1,1 @@
+"""Repository and chart sources: read GitHub, git remotes and Helm repositories into typed observations."""

@@ -1,0 +1,1 @@
+"""The daemon's HTTP side: health, readiness and metrics (later webhooks and the status page)."""
