@@ -1,7 +1,10 @@
-"""Command line: `polling-server --config FILE [--once] [--dry-run]`, `check-config`, `status`.
+"""Command line: `polling-server [run] --config FILE [--once] [--dry-run]`, `check-config`, `status`.
 
-Exit codes: 0 when the daemon or the cycle ran (even if some repository failed: that is logged and counted),
-2 on bad configuration or usage.
+Every command is a subcommand and takes `--config`; a bare `polling-server --config FILE` means `run` (the chart's
+args use it). Exit codes, the same for every command (README, "Exit codes"):
+  0  ok;
+  1  a build or apply that `--once` ran failed for good (no retry left in this run);
+  2  configuration, usage, state or operator error (one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -11,40 +14,97 @@ import json
 import logging
 import sys
 import time
+from importlib import metadata
 
 from polling_server.config import Settings, load_settings
-from polling_server.errors import ConfigError
+from polling_server.errors import ConfigError, PollerError
 from polling_server.logs import setup_logging
 from polling_server.planning.versions import parse_release_tag
 
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+COMMANDS = ("run", "check-config", "status")
+
+
+def version() -> str:
+    try:
+        return metadata.version("helmsman-cd")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with one line, as every other operator error
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="polling-server",
         description="Poll GitHub / git remotes and a Helm repository; build images and request helmsman applies.",
     )
-    p.add_argument("command", nargs="?", choices=["run", "check-config", "status"], default="run",
-                   help="run (default): the daemon; check-config: validate and exit; status: what is stored")
-    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
-    p.add_argument("--once", action="store_true", help="run one full cycle (poll, build, apply) and exit")
-    p.add_argument("--dry-run", action="store_true", help="plan and report, but save, build and post nothing")
-    p.add_argument("--log-format", choices=["text", "json"], help="overrides log_format of the configuration")
-    p.add_argument("--json", action="store_true", help="status: print JSON")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"polling-server {version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        c.add_argument("--config", "-c", required=True, help="YAML configuration file")
+        c.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        c.add_argument("--log-format", choices=["text", "json"], help="overrides log_format of the configuration")
+        return c
+
+    run = command("run", "run the daemon (the default command)")
+    run.add_argument("--once", action="store_true", help="run one full cycle (poll, build, apply) and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="plan and report from a copy of the state in memory: save, build, push and post nothing")
+    command("check-config", "validate the configuration and exit")
+    status = command("status", "what is stored: per repository head, latest tag, last build; recent applies")
+    status.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
+def _normalise(argv: list[str]) -> list[str]:
+    """A bare `--config F [--once]` (no subcommand) means `run`."""
+    if any(a in ("-h", "--help", "--version") for a in argv[:1]):
+        return argv
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in COMMANDS and argv.index(first) == _first_positional_index(argv):
+        return argv
+    return ["run", *argv]
+
+
+def _first_positional_index(argv: list[str]) -> int:
+    takes_value = {"--config", "-c", "--log-format"}
+    i = 0
+    while i < len(argv):
+        if argv[i] in takes_value:
+            i += 2
+            continue
+        if not argv[i].startswith("-"):
+            return i
+        i += 1
+    return -1
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_normalise(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        return _dispatch(args)
+    except PollerError as e:
+        print(f"polling-server: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _dispatch(args) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     if args.command == "check-config":
         print(f"{args.config}: OK ({len(settings.repositories)} repositories"
               f"{', chart repository ' + settings.chart_repository.url if settings.chart_repository else ''})")
-        return 0
+        return EXIT_OK
     if args.command == "status":
         return _status(settings, args.json)
 
@@ -53,14 +113,18 @@ def main(argv: list[str] | None = None) -> int:
 
     daemon = Daemon(settings, dry_run=args.dry_run)
     if not args.once:
-        daemon.run_forever()
-        return 0
+        try:
+            daemon.run_forever()
+        except PollerError:
+            daemon.stop()
+            raise
+        return EXIT_OK
     try:
         report = daemon.run_once()
     finally:
         daemon.stop()
     _print_once(report, args.dry_run)
-    return 0
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def _print_once(report, dry_run: bool) -> None:
@@ -87,7 +151,8 @@ def _print_once(report, dry_run: bool) -> None:
 def _status(settings: Settings, as_json: bool) -> int:
     from polling_server.state import StateStore
 
-    store = StateStore(settings.state_path)
+    # A copy in memory: `status` never creates, migrates or changes the state file.
+    store = StateStore.in_memory_copy(settings.state_path)
     rows = []
     for repo in settings.repositories:
         state = store.repo_state(repo.name)
@@ -111,7 +176,7 @@ def _status(settings: Settings, as_json: bool) -> int:
     store.close()
     if as_json:
         print(json.dumps({"repositories": rows, "applies": applies}, indent=2))
-        return 0
+        return EXIT_OK
     print(f"{'REPOSITORY':30} {'BRANCH':12} {'HEAD':13} {'LATEST TAG':12} LAST BUILD")
     for r in rows:
         b = r["last_build"]
@@ -122,7 +187,7 @@ def _status(settings: Settings, as_json: bool) -> int:
     for a in applies:
         print(f"apply #{a['id']} {a['status']} job={a['job'] or '-'} {', '.join(a['charts'])}"
               + (f" ({a['error']})" if a["error"] else ""))
-    return 0
+    return EXIT_OK
 
 
 def _when(ts: float | None) -> str | None:

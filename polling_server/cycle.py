@@ -1,4 +1,10 @@
-"""One poll cycle over the configured repositories: fetch -> plan -> save (the builds run elsewhere).
+"""Polling the configured repositories: fetch -> plan -> save (the builds run elsewhere), each repository at its
+own due time.
+
+The daemon calls `poll_due()` on a short tick: every repository whose next poll is due (not already being polled)
+is polled on the bounded pool, and its next poll is set to the start of this one plus the poll interval (or the
+server's X-Poll-Interval when that is longer). So the configured interval is the interval, for every repository,
+whatever the others do. `poll_all()` polls every repository now (`--once`).
 
 Repositories are polled concurrently (bounded by `max_concurrent_polls`), each on its own: a failing repository
 is logged and counted and never stops the others. GitHub's rate limit is per token, so a rate-limit answer pauses
@@ -52,7 +58,71 @@ class RepositoryPoller:
         # repo -> last time its refs were read directly. In memory on purpose: after a restart every repository
         # is reconciled on its first poll, which also catches whatever changed while the daemon was down.
         self._reconciled_at: dict[str, float] = {}
+        self._next_due: dict[str, float] = {}  # repo -> when its next scheduled poll is due (absent: now)
+        self._in_flight: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self.on_planned: Callable[[], None] | None = None  # called after a scheduled poll planned builds
         self.last_cycle_at: float | None = None
+
+    # --- scheduled polling (the daemon) -------------------------------------------------------------------
+    def due_repositories(self, now: float) -> list[RepositorySettings]:
+        """Repositories whose next poll is due at `now`, not being polled, and not paused by a rate limit."""
+        with self._lock:
+            return [r for r in self.settings.repositories
+                    if self._next_due.get(r.name, 0.0) <= now and r.name not in self._in_flight
+                    and self._paused_until.get(r.kind, 0.0) <= now]
+
+    def next_due(self, name: str) -> float:
+        with self._lock:
+            return self._next_due.get(name, 0.0)
+
+    def poll_now(self, name: str) -> None:
+        """Make `name` due at once (a webhook, an operator): the next tick polls it."""
+        with self._lock:
+            self._next_due[name] = 0.0
+
+    def poll_due(self, dry_run: bool = False, wait: bool = False) -> CycleReport:
+        """Start a poll of every due repository on the pool; with `wait`, wait for them and report."""
+        now = self._clock()
+        due = self.due_repositories(now)
+        with self._lock:
+            self._in_flight.update(r.name for r in due)
+        report = CycleReport()
+        if due:
+            pool = self._executor()
+            futures = [(r, pool.submit(self._poll_scheduled, r, dry_run)) for r in due]
+            if wait:
+                for repo, future in futures:
+                    self._add(report, repo, future.result())
+        self.last_cycle_at = now
+        self.metrics.last_cycle.labels("repositories").set(now)
+        return report
+
+    def _poll_scheduled(self, repo: RepositorySettings, dry_run: bool):
+        started = self._clock()
+        outcome = None
+        try:
+            outcome = self._poll_guarded(repo, dry_run)
+        finally:
+            with self._lock:
+                self._next_due[repo.name] = max(started + self.settings.poll_interval_seconds,
+                                                self._not_before.get(repo.name, 0.0))
+                self._in_flight.discard(repo.name)
+        if isinstance(outcome, tuple) and outcome[0].builds and self.on_planned is not None:
+            self.on_planned()
+        return outcome
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max(1, self.settings.max_concurrent_polls), thread_name_prefix="poll")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    # --- one pass over everything (--once) -----------------------------------------------------------------
 
     def poll_all(self, dry_run: bool = False) -> CycleReport:
         report = CycleReport()

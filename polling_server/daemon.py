@@ -1,9 +1,13 @@
 """Wires the poller together (the one place where parts meet) and runs it: once, or under APScheduler.
 
-Jobs: poll the repositories (detect -> plan -> save), poll the chart repository, send due apply requests; the
-build worker runs beside them on its own threads, so a slow build never delays detection. APScheduler's job
-defaults are explicit: one instance per job, missed runs coalesced, a grace time for late runs; a job's exception
-is logged by APScheduler and the schedule goes on.
+Jobs: a short tick that polls every repository whose own next poll is due (detect -> plan -> save), the chart
+poll, sending due apply requests, and moving the mutable image tags (also after every build); the build worker runs
+beside them on its own threads, so a slow build never delays detection. APScheduler's job defaults are explicit:
+one instance per job, missed runs coalesced, a grace time for late runs; a job's exception is logged by APScheduler
+and the schedule goes on.
+
+A dry run starts from a copy of the stored state kept in memory: it follows changes across its own cycles, writes
+nothing to disk, and never acts outward (no build, push, tag move or apply).
 """
 
 from __future__ import annotations
@@ -19,16 +23,23 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from polling_server.config import Settings
 from polling_server.cycle import CycleReport, RepositoryPoller
+from polling_server.errors import StateError
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
+from polling_server.planning.model import BuildStatus
 from polling_server.sources.git_remote import GitRemoteSource
 from polling_server.sources.github import GitHubSource
 from polling_server.state import StateStore
-from polling_server.web.health import HealthServer
+from polling_server.web.app import create_app
+from polling_server.web.server import HttpServer
 
 log = logging.getLogger(__name__)
 
+TICK_SECONDS = 0.5  # how often due repositories are looked for: the precision of every poll interval
 APPLY_SEND_INTERVAL_SECONDS = 5.0
+TAG_RECONCILE_INTERVAL_SECONDS = 30.0
+HEALTH_TICK_LIMIT_SECONDS = 120.0
+_AUTO = object()
 
 
 @dataclass
@@ -39,51 +50,93 @@ class OnceReport:
     applies: list = field(default_factory=list)
     chart_error: str | None = None
 
+    @property
+    def failed(self) -> bool:
+        """A build or apply that this run ran did not succeed, and this run will not try it again."""
+        builds = any(b.status not in (BuildStatus.SUCCEEDED, BuildStatus.SUPERSEDED) for b in self.builds)
+        return builds or any(a.status != "accepted" for a in self.applies)
+
 
 class Daemon:
     def __init__(self, settings: Settings, *, dry_run: bool = False, store: StateStore | None = None,
-                 sources: dict | None = None, builder=None, chart_watcher=None, apply_sender=None):
+                 sources: dict | None = None, builder=None, chart_watcher=None, apply_sender=None,
+                 tag_mover=_AUTO):
         self.settings = settings
         self.dry_run = dry_run
         self.metrics = Metrics()
-        self.store = store or StateStore(settings.state_path)
+        if store is None:
+            store = StateStore.in_memory_copy(settings.state_path) if dry_run else StateStore(settings.state_path)
+        self.store = store
+        self.store.check_rows()
         self.poller = RepositoryPoller(settings, self.store, self.metrics, sources or {
             "github": GitHubSource(settings.github),
             "git": GitRemoteSource(),
         })
+        self.poller.on_planned = self._wake_worker
         self._builder = builder
         self._worker = None
+        self._tag_mover = tag_mover
         self.chart_watcher = chart_watcher
         self.apply_sender = apply_sender
         if settings.chart_repository and chart_watcher is None:
             from polling_server.chart_watch import ChartWatcher
 
             self.chart_watcher = ChartWatcher(settings, self.store, self.metrics)
-        if settings.helm_api and apply_sender is None:
+        if settings.helm_api and apply_sender is None and not dry_run:
             from polling_server.applies.helm_api_client import ApplySender
 
             self.apply_sender = ApplySender(settings, self.store, self.metrics)
         self.scheduler: BackgroundScheduler | None = None
+        self.server: HttpServer | None = None
         self._stopped = threading.Event()
         self.started_at = time.time()
 
     @property
+    def tag_mover(self):
+        """Moves staging and the floating tags; None in a dry run (it never acts outward)."""
+        if self.dry_run:
+            return None
+        if self._tag_mover is _AUTO:
+            from polling_server.builds.registry import registry_client_for
+            from polling_server.builds.tag_mover import TagMover
+
+            self._tag_mover = TagMover(self.settings, self.store, registry_client_for(self.settings), self.metrics)
+        return self._tag_mover
+
+    @property
     def worker(self):
+        if self.dry_run:
+            raise RuntimeError("a dry run builds nothing")
         if self._worker is None:
             from polling_server.builds.docker_engine import ImageBuilder
             from polling_server.builds.worker import BuildWorker
 
             builder = self._builder or ImageBuilder(self.settings)
-            self._worker = BuildWorker(self.settings, self.store, builder, self.metrics)
+            self._worker = BuildWorker(self.settings, self.store, builder, self.metrics, tag_mover=self.tag_mover)
         return self._worker
 
-    # --- jobs ---------------------------------------------------------------------------------------------
-    def poll_repositories(self) -> CycleReport:
-        report = self.poller.poll_all(self.dry_run)
-        self.metrics.build_queue.set(self.store.waiting_builds())
-        if report.planned and self._worker is not None:
+    def _wake_worker(self) -> None:
+        if self._worker is not None:
             self._worker.wake()  # start the new builds now, not at the worker's next look
+
+    # --- jobs ---------------------------------------------------------------------------------------------
+    def tick(self) -> CycleReport:
+        """Poll every repository that is due now (on the poll pool; returns at once)."""
+        report = self.poller.poll_due(self.dry_run)
+        self._count_queue()
         return report
+
+    def poll_repositories(self) -> CycleReport:
+        """Poll every repository now and wait for them (`--once`)."""
+        report = self.poller.poll_all(self.dry_run)
+        self._count_queue()
+        return report
+
+    def _count_queue(self) -> None:
+        try:
+            self.metrics.build_queue.set(self.store.waiting_builds())
+        except StateError:
+            log.debug("cannot count the waiting builds", exc_info=True)
 
     def poll_charts(self):
         if self.chart_watcher is None:
@@ -97,6 +150,10 @@ class Daemon:
             return []
         return self.apply_sender.send_due()
 
+    def move_tags(self) -> list:
+        mover = self.tag_mover
+        return [] if mover is None else mover.reconcile_all()
+
     # --- modes --------------------------------------------------------------------------------------------
     def run_once(self) -> OnceReport:
         """One full cycle: poll everything, then (unless dry-run) run the due builds and send due applies."""
@@ -109,58 +166,83 @@ class Daemon:
             report.chart_error = str(e)
         if not self.dry_run:
             report.builds = self.worker.run_until_idle()
+            self.move_tags()
             report.applies = self.send_applies()
         return report
 
     def health(self) -> tuple[bool, dict]:
+        """Liveness: the scheduler runs and its tick ran recently. Never the disk: that is readiness."""
         now = time.time()
         last = self.poller.last_cycle_at
-        limit = max(3 * self.settings.poll_interval_seconds, 120)
+        limit = max(HEALTH_TICK_LIMIT_SECONDS, 3 * TICK_SECONDS)
         running = bool(self.scheduler and self.scheduler.running)
         recent = (last is not None and now - last < limit) or (last is None and now - self.started_at < limit)
         return running and recent, {"scheduler_running": running,
                                     "last_poll_age_seconds": None if last is None else round(now - last, 1)}
 
-    def start(self) -> HealthServer | None:
-        """Start the scheduler, the build worker and the health endpoint (non-blocking)."""
+    def ready(self) -> tuple[bool, dict]:
+        """Readiness: the scheduler runs, and the state database can be read and written."""
+        running = bool(self.scheduler and self.scheduler.running)
+        try:
+            self.store.waiting_builds()
+            readable = True
+        except StateError:
+            readable = False
+        writable = self.store.writable
+        self.metrics.state_writable.set(1 if writable else 0)
+        details = {"scheduler_running": running, "state_readable": readable, "state_writable": writable}
+        if not writable:
+            details["state_error"] = self.store.last_write_error
+        return running and readable and writable, details
+
+    def start(self) -> HttpServer | None:
+        """Start the health endpoint, the scheduler and the build worker (non-blocking)."""
+        if self.settings.http.enabled and self.server is None:
+            # First, so a port in use ends the start before anything else runs.
+            app = create_app(self.metrics, self.health, self.ready)
+            self.server = HttpServer(app, self.settings.http.host, self.settings.http.port)
         if not self.dry_run:
             self.worker.recover()
             self.worker.start()
         self.scheduler = BackgroundScheduler(job_defaults={
             "max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
         first = datetime.now(UTC)  # every job runs once right away, then on its interval
-        self.scheduler.add_job(self.poll_repositories, "interval", seconds=self.settings.poll_interval_seconds,
-                               id="poll-repositories", next_run_time=first)
+        self.scheduler.add_job(self.tick, "interval", seconds=TICK_SECONDS, id="poll-repositories",
+                               next_run_time=first)
         if self.chart_watcher is not None:
             self.scheduler.add_job(self.poll_charts, "interval",
                                    seconds=self.settings.chart_repository.poll_interval_seconds,
                                    id="poll-charts", next_run_time=first)
-        if self.apply_sender is not None and not self.dry_run:
-            self.scheduler.add_job(self.send_applies, "interval", seconds=APPLY_SEND_INTERVAL_SECONDS,
-                                   id="send-applies", next_run_time=first)
+        if not self.dry_run:
+            if self.apply_sender is not None:
+                self.scheduler.add_job(self.send_applies, "interval", seconds=APPLY_SEND_INTERVAL_SECONDS,
+                                       id="send-applies", next_run_time=first)
+            if self.tag_mover is not None:
+                self.scheduler.add_job(self.move_tags, "interval", seconds=TAG_RECONCILE_INTERVAL_SECONDS,
+                                       id="move-tags", next_run_time=first)
         self.scheduler.start()
-        server = None
-        if self.settings.http.enabled:
-            server = HealthServer(self.settings.http.host, self.settings.http.port, self.metrics, self.health)
-            server.start()
+        if self.server is not None:
+            self.server.start()
         log_event(log, "daemon.started", repositories=len(self.settings.repositories), dry_run=self.dry_run,
-                  health_port=server.port if server else None)
-        return server
+                  health_port=self.server.port if self.server else None)
+        return self.server
 
     def run_forever(self) -> None:
-        server = self.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
+        self.start()
         self._stopped.wait()
         log_event(log, "daemon.stopping")
         self.stop()
-        if server:
-            server.stop()
 
     def stop(self) -> None:
         self._stopped.set()
         if self.scheduler and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.poller.close()
         if self._worker is not None:
             self._worker.stop(timeout=30)
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
         self.store.close()

@@ -84,3 +84,12 @@ class ApplyRejected(ApplyError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+# --- the state database ---------------------------------------------------------------------------------------
+class StateError(PollerError):
+    """The state database cannot be opened, read or written; the message names the file and the problem."""
+
+
+class ServeError(PollerError):
+    """The daemon's HTTP endpoint cannot listen (port in use, address not available)."""

@@ -1,8 +1,20 @@
-"""The daemon's Prometheus metrics, in a registry of its own (one per daemon, so tests can make many)."""
+"""The daemon's Prometheus metrics, in a registry of its own (one per daemon, so tests can make many).
+
+No `_created` series (they double every counter for nothing a dashboard uses), and every label value that can
+occur is created at start, so a fresh `/metrics` already shows each series at 0 (rates and alerts need them).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()
+
+SOURCES = ("github", "git", "charts")
+POLL_OUTCOMES = ("ok", "failed", "unchanged")
+BUILD_OUTCOMES = ("succeeded", "retrying", "failed", "superseded")
+APPLY_OUTCOMES = ("accepted", "unavailable", "rejected")
+BUILD_KINDS = ("staging", "release")
 
 
 class Metrics:
@@ -21,5 +33,24 @@ class Metrics:
                                        buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600), registry=r)
         self.build_queue = Gauge("poller_build_queue_length", "Builds queued or running", registry=r)
         self.applies = Counter("poller_apply_requests_total", "Apply requests by outcome", ["outcome"], registry=r)
+        self.tag_moves = Counter("poller_image_tag_moves_total",
+                                 "Mutable image tag moves (staging, 1.2, 1) by outcome", ["outcome"], registry=r)
         self.last_cycle = Gauge("poller_last_cycle_timestamp_seconds", "End of the last poll cycle", ["job"],
                                 registry=r)
+        self.state_writable = Gauge("poller_state_writable",
+                                    "1 while the state database takes writes, 0 while the last write failed",
+                                    registry=r)
+        self.state_writable.set(1)
+        for source in SOURCES:
+            self.not_modified.labels(source)
+            for outcome in POLL_OUTCOMES:
+                self.polls.labels(source, outcome)
+        for kind in BUILD_KINDS:
+            self.builds_planned.labels(kind)
+        for outcome in BUILD_OUTCOMES:
+            self.builds.labels(outcome)
+            self.build_seconds.labels(outcome)
+        for outcome in APPLY_OUTCOMES:
+            self.applies.labels(outcome)
+        for outcome in ("moved", "failed"):
+            self.tag_moves.labels(outcome)

@@ -6,7 +6,12 @@ requests to the Helm API. Crash safety comes from transactions: a poll's new tru
 planned are written in ONE transaction, so a crash before it loses nothing (the next poll sees the same change
 again) and a crash after it repeats nothing (the change is no longer new and the builds are queued). A build is
 marked running before it starts and finished after its push is confirmed; a build found running at start-up was
-interrupted and is queued again.
+interrupted and is queued again. A claim is a lease: a running build whose lease expired (its outcome could not be
+written, or its worker is gone) is due again, so one failed write never blocks a repository.
+
+The schema is versioned (`PRAGMA user_version`, see MIGRATIONS): an older database is migrated forward in one
+transaction when it is opened, a newer one is refused. A file that is not a readable state database is refused
+with one line naming it (StateError), before anything is written to it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from polling_server.errors import StateError
 from polling_server.planning.model import (
     BuildKind,
     BuildRequest,
@@ -32,7 +38,8 @@ from polling_server.planning.model import (
     RepoState,
 )
 
-_SCHEMA = """
+# Version 1: the schema as first released (no user_version was set then).
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS repos (
     name TEXT PRIMARY KEY,
     baseline INTEGER NOT NULL,
@@ -95,6 +102,25 @@ CREATE TABLE IF NOT EXISTS applies (
 );
 """
 
+# Each entry takes the database from version N-1 to N; applied in order, in one transaction.
+MIGRATIONS: tuple[str, ...] = (
+    _SCHEMA_V1,
+    """
+    ALTER TABLE builds ADD COLUMN lease_expires_at REAL;
+    CREATE TABLE tag_positions (
+        repo TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        build_id INTEGER NOT NULL,
+        sha TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        version TEXT,
+        moved_at REAL NOT NULL,
+        PRIMARY KEY (repo, tag)
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
 
 @dataclass(frozen=True)
 class Cursor:
@@ -124,6 +150,7 @@ class BuildRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    lease_expires_at: float | None = None
 
     @property
     def request(self) -> BuildRequest:
@@ -145,20 +172,139 @@ class ApplyRecord:
     created_at: float
     accepted_at: float | None
 
-class StateStore:
-    """All reads and writes of the state database. Safe to share between threads."""
+@dataclass(frozen=True)
+class TagPosition:
+    """Where the poller last moved a mutable image tag (`staging`, `1.2`, `1`): to which build's image."""
 
-    def __init__(self, path: str | Path, clock=time.time):
+    repo: str
+    tag: str
+    build_id: int
+    sha: str
+    digest: str
+    version: str | None
+    moved_at: float
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def check_database_file(path: str) -> int:
+    """Read-only checks of an existing state file: readable, intact, not from a newer schema. Returns its version.
+
+    Opens the file read-only, so a file that fails here is never changed.
+    """
+    try:
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as e:
+        raise StateError(f"{path}: cannot open the state database ({e})") from e
+    try:
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise StateError(f"{path}: the state database is damaged ({'; '.join(problems)[:300]})")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as e:
+        raise StateError(f"{path}: not a readable state database ({e})") from e
+    finally:
+        db.close()
+    if version == 0 and tables and "repos" not in tables:
+        raise StateError(f"{path}: an SQLite database, but not a polling-server state database")
+    if version == 0 and "repos" in tables:
+        version = 1  # the first release recorded no version
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{path}: written by a newer polling-server (schema {version}; this one knows up to "
+                         f"{SCHEMA_VERSION}): refusing to use it")
+    return version
+
+
+def migrate(db: sqlite3.Connection, path: str) -> None:
+    """Bring the schema to SCHEMA_VERSION in one transaction (nothing changes when a step fails)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'repos'").fetchone():
+        version = 1
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{path}: written by a newer polling-server (schema {version}; this one knows up to "
+                         f"{SCHEMA_VERSION}): refusing to use it")
+    if version == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for script in MIGRATIONS[version:]:
+            for statement in _statements(script):
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.Error as e:
+        db.execute("ROLLBACK")
+        raise StateError(f"{path}: cannot migrate the state database to schema {SCHEMA_VERSION} ({e})") from e
+    db.execute("COMMIT")
+
+
+class StateStore:
+    """All reads and writes of the state database. Safe to share between threads.
+
+    `path` is created (with its directory) when it does not exist. Every problem opening it is a StateError.
+    """
+
+    def __init__(self, path: str | Path, clock=time.time, *, busy_timeout: float = 30.0,
+                 _connection: sqlite3.Connection | None = None):
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self.last_write_error: str | None = None  # the last failed write, until a write succeeds again
+        if _connection is not None:
+            self._db = _connection
+        else:
+            if self.path != ":memory:":
+                if Path(self.path).exists():
+                    check_database_file(self.path)
+                try:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise StateError(f"{self.path}: cannot create its directory ({e.strerror})") from e
+            try:
+                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                           timeout=busy_timeout)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as e:
+                raise StateError(f"{self.path}: cannot open the state database for writing ({e})") from e
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        migrate(self._db, self.path)
+
+    @classmethod
+    def in_memory_copy(cls, path: str | Path, clock=time.time) -> StateStore:
+        """The stored state copied into memory; nothing is ever written to `path` (dry runs, `status`).
+
+        A missing file gives an empty state (and is not created).
+        """
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        if Path(path).exists():
+            check_database_file(str(path))
+            try:
+                source = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+                try:
+                    source.backup(memory)
+                finally:
+                    source.close()
+            except sqlite3.Error as e:
+                raise StateError(f"{path}: cannot read the state database ({e})") from e
+        store = cls(str(path), clock, _connection=memory)
+        return store
+
+    @property
+    def writable(self) -> bool:
+        """False while the last write failed (disk full, database locked...)."""
+        return self.last_write_error is None
+
+    def check_rows(self) -> None:
+        """Decode every stored row once (at start-up), so a row that does not decode is reported there, by name."""
+        for row in self._query("SELECT name FROM repos"):
+            self.repo_state(row["name"])
+        self._builds("", ())
+        self._applies("", ())
+        for row in self._query("SELECT repo_url FROM charts"):
+            self.chart_state(row["repo_url"])
 
     def close(self) -> None:
         with self._lock:
@@ -167,17 +313,38 @@ class StateStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                # Disk full, database locked, read-only file: the write did not happen.
+                self.last_write_error = str(e)
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StateError(f"{self.path}: cannot write the state ({e})") from e
+            self.last_write_error = None
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise StateError(f"{self.path}: cannot read the state ({e})") from e
+
+    @contextmanager
+    def _decoding(self, table: str, key: object = None) -> Iterator[None]:
+        """A stored row that does not decode is named, with its table, in one StateError."""
+        try:
+            yield
+        except (ValueError, TypeError, KeyError) as e:
+            which = f" row {key!r}" if key is not None else ""
+            raise StateError(f"{self.path}: table {table}{which} does not decode ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from e
 
     # --- repositories ------------------------------------------------------------------------------------
     def repo_state(self, name: str) -> RepoState:
@@ -185,7 +352,11 @@ class StateStore:
         if not rows:
             return RepoState()
         r = rows[0]
-        return RepoState(bool(r["baseline"]), r["branch_head"], json.loads(r["tags"]))
+        with self._decoding("repos", name):
+            tags = json.loads(r["tags"])
+            if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+                raise ValueError("tags is not a mapping of names to commits")
+            return RepoState(bool(r["baseline"]), r["branch_head"], tags)
 
     def cursor(self, key: str) -> Cursor:
         rows = self._query("SELECT etag, last_modified, value FROM cursors WHERE key = ?", (key,))
@@ -246,57 +417,129 @@ class StateStore:
     def superseded_by(self, build_id: int) -> list[BuildRecord]:
         return self._builds("WHERE superseded_by = ?", (build_id,))
 
-    def claim_build(self, due_by: float | None = None) -> BuildRecord | None:
-        """Mark the next due build running and return it; at most one running build per repository.
+    def claim_build(self, due_by: float | None = None, lease_seconds: float = 3600.0,
+                    superseded: list[int] | None = None) -> BuildRecord | None:
+        """Mark the next due build running, under a lease of `lease_seconds`, and return it.
 
-        `due_by`: only a build that was already due at that time (a run that must not pick up retries it caused).
+        Due: queued and past its next attempt time, or running under a lease that expired (its outcome was never
+        written). At most one build per repository runs under a live lease. A build that a newer plan of the same
+        branch or tag overtook is marked superseded here instead of being handed out, so a retry or a restart can
+        never build an older commit after a newer one. `due_by`: only builds already due at that time (a run that
+        must not pick up the retries it caused). `superseded` collects the ids of the builds marked superseded.
         """
         now = self._clock()
         cutoff = now if due_by is None else min(now, due_by)
         with self._tx() as db:
-            row = db.execute(
-                "SELECT id FROM builds WHERE status = ? AND next_attempt_at <= ? AND repo NOT IN "
-                "(SELECT repo FROM builds WHERE status = ?) ORDER BY next_attempt_at, id LIMIT 1",
-                (BuildStatus.QUEUED.value, cutoff, BuildStatus.RUNNING.value),
-            ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE builds SET status = ?, attempts = attempts + 1, started_at = ?, error = NULL WHERE id = ?",
-                (BuildStatus.RUNNING.value, now, row["id"]),
-            )
+            while True:
+                row = db.execute(
+                    "SELECT * FROM builds AS b WHERE ((b.status = ? AND b.next_attempt_at <= ?) "
+                    "OR (b.status = ? AND b.lease_expires_at IS NOT NULL AND b.lease_expires_at <= ?)) "
+                    "AND b.repo NOT IN (SELECT repo FROM builds WHERE status = ? AND id != b.id "
+                    "AND (lease_expires_at IS NULL OR lease_expires_at > ?)) "
+                    "ORDER BY b.next_attempt_at, b.id LIMIT 1",
+                    (BuildStatus.QUEUED.value, cutoff, BuildStatus.RUNNING.value, now,
+                     BuildStatus.RUNNING.value, now),
+                ).fetchone()
+                if row is None:
+                    return None
+                if self._supersede_if_overtaken(db, row, now):
+                    if superseded is not None:
+                        superseded.append(row["id"])
+                    continue
+                db.execute(
+                    "UPDATE builds SET status = ?, attempts = attempts + ?, started_at = ?, error = NULL, "
+                    "lease_expires_at = ? WHERE id = ?",
+                    # An expired lease is not a new attempt: the build ran, only its outcome was lost.
+                    (BuildStatus.RUNNING.value, 0 if row["status"] == BuildStatus.RUNNING.value else 1, now,
+                     now + lease_seconds, row["id"]),
+                )
+                break
         return self.build(row["id"])
+
+    @staticmethod
+    def _supersede_if_overtaken(db: sqlite3.Connection, row: sqlite3.Row, now: float) -> bool:
+        """Mark `row` superseded when a newer build of the same repository, kind and ref was planned."""
+        newer = db.execute(
+            "SELECT MAX(id) AS id FROM builds WHERE repo = ? AND kind = ? AND ref = ? AND id > ?",
+            (row["repo"], row["kind"], row["ref"], row["id"]),
+        ).fetchone()["id"]
+        if newer is None:
+            return False
+        db.execute(
+            "UPDATE builds SET status = ?, superseded_by = ?, finished_at = ?, lease_expires_at = NULL WHERE id = ?",
+            (BuildStatus.SUPERSEDED.value, newer, now, row["id"]),
+        )
+        return True
 
     def finish_build(self, build_id: int, pushed_tags: list[str], digest: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE builds SET status = ?, pushed_tags = ?, digest = ?, finished_at = ?, error = NULL "
-                "WHERE id = ?",
+                "UPDATE builds SET status = ?, pushed_tags = ?, digest = ?, finished_at = ?, error = NULL, "
+                "lease_expires_at = NULL WHERE id = ?",
                 (BuildStatus.SUCCEEDED.value, json.dumps(pushed_tags), digest, self._clock(), build_id),
             )
 
     def fail_build(self, build_id: int, error: str, retry_in: float | None) -> BuildStatus:
-        """Record a failed attempt: queued again after `retry_in` seconds if attempts remain, else failed."""
+        """Record a failed attempt: queued again after `retry_in` seconds if attempts remain, else failed.
+
+        A build overtaken by a newer plan of its branch or tag is not retried: it ends superseded.
+        """
         now = self._clock()
         with self._tx() as db:
-            row = db.execute("SELECT attempts, max_attempts FROM builds WHERE id = ?", (build_id,)).fetchone()
+            row = db.execute("SELECT * FROM builds WHERE id = ?", (build_id,)).fetchone()
             retry = retry_in is not None and row["attempts"] < row["max_attempts"]
             status = BuildStatus.QUEUED if retry else BuildStatus.FAILED
             db.execute(
-                "UPDATE builds SET status = ?, error = ?, next_attempt_at = ?, finished_at = ? WHERE id = ?",
+                "UPDATE builds SET status = ?, error = ?, next_attempt_at = ?, finished_at = ?, "
+                "lease_expires_at = NULL WHERE id = ?",
                 (status.value, error[:4000], now + (retry_in or 0), None if retry else now, build_id),
             )
+            if retry and self._supersede_if_overtaken(db, row, now):
+                status = BuildStatus.SUPERSEDED
         return status
 
     def requeue_interrupted(self) -> list[BuildRecord]:
-        """At start-up: builds left running by a crash run again (the attempt did not count)."""
+        """At start-up: builds left running by a crash run again (the attempt did not count), unless a newer plan
+        of the same branch or tag overtook them: those end superseded. Returns them as they are now."""
         interrupted = self._builds("WHERE status = ?", (BuildStatus.RUNNING.value,))
+        now = self._clock()
+        with self._tx() as db:
+            for b in interrupted:
+                row = db.execute("SELECT * FROM builds WHERE id = ?", (b.id,)).fetchone()
+                if not self._supersede_if_overtaken(db, row, now):
+                    db.execute(
+                        "UPDATE builds SET status = ?, attempts = MAX(attempts - 1, 0), next_attempt_at = ?, "
+                        "lease_expires_at = NULL WHERE id = ?",
+                        (BuildStatus.QUEUED.value, now, b.id),
+                    )
+        return [self.build(b.id) for b in interrupted]
+
+    def latest_build(self, repo: str, kind: BuildKind, ref: str) -> BuildRecord | None:
+        """The build planned last for this repository's branch or tag (whatever its state)."""
+        found = self._builds("WHERE repo = ? AND kind = ? AND ref = ? ORDER BY id DESC LIMIT 1",
+                             (repo, kind.value, ref))
+        return found[0] if found else None
+
+    def succeeded_builds(self, repo: str, kind: BuildKind) -> list[BuildRecord]:
+        return self._builds("WHERE repo = ? AND kind = ? AND status = ? ORDER BY id",
+                            (repo, kind.value, BuildStatus.SUCCEEDED.value))
+
+    # --- mutable image tags --------------------------------------------------------------------------------
+    def tag_positions(self, repo: str) -> dict[str, TagPosition]:
+        rows = self._query("SELECT * FROM tag_positions WHERE repo = ?", (repo,))
+        return {r["tag"]: TagPosition(r["repo"], r["tag"], r["build_id"], r["sha"], r["digest"], r["version"],
+                                      r["moved_at"]) for r in rows}
+
+    def record_tag_position(self, repo: str, tag: str, build: BuildRecord, digest: str) -> None:
+        """Record that `repo`'s image tag `tag` now serves `build`'s image (after the registry confirmed it)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE builds SET status = ?, attempts = MAX(attempts - 1, 0), next_attempt_at = ? WHERE status = ?",
-                (BuildStatus.QUEUED.value, self._clock(), BuildStatus.RUNNING.value),
+                "INSERT INTO tag_positions (repo, tag, build_id, sha, digest, version, moved_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(repo, tag) DO UPDATE SET build_id = excluded.build_id, "
+                "sha = excluded.sha, digest = excluded.digest, version = excluded.version, "
+                "moved_at = excluded.moved_at",
+                (repo, tag, build.id, build.sha, digest, build.version, self._clock()),
             )
-        return interrupted
 
     def build(self, build_id: int) -> BuildRecord:
         return self._builds("WHERE id = ?", (build_id,))[0]
@@ -319,17 +562,19 @@ class StateStore:
 
     def _builds(self, tail: str, args: tuple) -> list[BuildRecord]:
         rows = self._query(f"SELECT * FROM builds {tail}", args)  # noqa: S608 - tail is built from constants
-        return [
-            BuildRecord(
-                id=r["id"], repo=r["repo"], kind=BuildKind(r["kind"]), ref=r["ref"], sha=r["sha"],
-                version=r["version"], status=BuildStatus(r["status"]), attempts=r["attempts"],
-                max_attempts=r["max_attempts"], next_attempt_at=r["next_attempt_at"], error=r["error"],
-                pushed_tags=tuple(json.loads(r["pushed_tags"] or "[]")), digest=r["digest"],
-                superseded_by=r["superseded_by"], created_at=r["created_at"], started_at=r["started_at"],
-                finished_at=r["finished_at"],
-            )
-            for r in rows
-        ]
+        with self._decoding("builds"):
+            return [self._build_record(r) for r in rows]
+
+    @staticmethod
+    def _build_record(r: sqlite3.Row) -> BuildRecord:
+        return BuildRecord(
+            id=r["id"], repo=r["repo"], kind=BuildKind(r["kind"]), ref=r["ref"], sha=r["sha"],
+            version=r["version"], status=BuildStatus(r["status"]), attempts=r["attempts"],
+            max_attempts=r["max_attempts"], next_attempt_at=r["next_attempt_at"], error=r["error"],
+            pushed_tags=tuple(json.loads(r["pushed_tags"] or "[]")), digest=r["digest"],
+            superseded_by=r["superseded_by"], created_at=r["created_at"], started_at=r["started_at"],
+            finished_at=r["finished_at"], lease_expires_at=r["lease_expires_at"],
+        )
 
     # --- charts and apply requests -----------------------------------------------------------------------
     def chart_state(self, repo_url: str) -> tuple[ChartState, str | None]:
@@ -337,7 +582,8 @@ class StateStore:
         rows = self._query("SELECT baseline, versions, index_hash FROM charts WHERE repo_url = ?", (repo_url,))
         if not rows:
             return ChartState(), None
-        versions = {(n, v): d for n, v, d in json.loads(rows[0]["versions"])}
+        with self._decoding("charts", repo_url):
+            versions = {(n, v): d for n, v, d in json.loads(rows[0]["versions"])}
         return ChartState(bool(rows[0]["baseline"]), versions), rows[0]["index_hash"]
 
     def save_charts(self, repo_url: str, plan: ChartPlan, index_hash: str | None) -> ApplyRecord | None:
@@ -419,16 +665,17 @@ class StateStore:
 
     def _applies(self, tail: str, args: tuple) -> list[ApplyRecord]:
         rows = self._query(f"SELECT * FROM applies {tail}", args)  # noqa: S608 - tail is built from constants
-        return [
+        with self._decoding("applies"):
+            return [
             ApplyRecord(
                 id=r["id"], request_id=r["request_id"],
                 changes=tuple(ChartChange(**c) for c in json.loads(r["changes"])), status=r["status"],
                 attempts=r["attempts"], next_attempt_at=r["next_attempt_at"], last_error=r["last_error"],
                 rejected_fingerprint=r["rejected_fingerprint"], job=r["job"], job_state=r["job_state"],
                 created_at=r["created_at"], accepted_at=r["accepted_at"],
-            )
-            for r in rows
-        ]
+                )
+                for r in rows
+            ]
 
 
 def _change_to_json(c: ChartChange) -> dict:

@@ -1,5 +1,8 @@
 """Builds one planned image with the Docker engine and pushes it: source at the exact commit → `docker build` with
-OCI labels → tags (staging + sha-<12>, or the release version and its floating tags) → push → digest confirmed.
+OCI labels → its immutable tag (`sha-<12>`, or the release version `1.2.3`) → push → digest confirmed.
+
+Builds push immutable tags only. The mutable ones (`staging`, `1.2`, `1`) are moved by builds/tag_mover.py after
+one pure decision (planning/tags.py), so a build that was overtaken while it ran can never move them.
 
 Every failure leaves as one of the BuildError classes (SourceFetchError, ImageBuildFailed, PushFailed,
 EngineUnavailable, BuildTimeout), translated from docker/requests/subprocess errors with `raise ... from e`; no
@@ -37,13 +40,13 @@ from polling_server.errors import (
 )
 from polling_server.http import HttpClient
 from polling_server.planning.model import BuildKind
-from polling_server.planning.versions import floating_tags, image_tag_for, parse_release_tag
+from polling_server.planning.tags import STAGING_TAG
+from polling_server.planning.versions import image_tag_for, parse_release_tag
 from polling_server.state import BuildRecord
 
 log = logging.getLogger(__name__)
 
 LABEL_PREFIX = "org.opencontainers.image."
-STAGING_TAG = "staging"
 _TRANSPORT_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 _SUCCESS_LINE = re.compile(r"Successfully built ([0-9a-f]{12,64})")
 
@@ -63,13 +66,13 @@ def release_version(build: BuildRecord) -> semver.Version:
 
 
 def primary_tags(build: BuildRecord) -> list[str]:
-    """The tags a build always gets: `sha-<12>` and `staging`, or the release version itself."""
+    """The immutable tag a build pushes: `sha-<12>` for a branch build, the release version itself for a tag."""
     if build.kind is BuildKind.RELEASE:
         try:
             return [image_tag_for(release_version(build))]
         except ValueError as e:
             raise ImageBuildFailed(str(e)) from e
-    return [f"sha-{build.sha[:12]}", STAGING_TAG]
+    return [f"sha-{build.sha[:12]}"]
 
 
 def image_labels(build: BuildRecord, source: str, created: datetime) -> dict[str, str]:
@@ -127,8 +130,6 @@ class ImageBuilder:
                 context, dockerfile = _context_paths(root, repo)
                 image_id = self._build_image(client, context, dockerfile, labels, repo.build_args, deadline,
                                              on_log)
-            if build.kind is BuildKind.RELEASE and repo.floating_tags:
-                tags += self._floating_tags(repo, release_version(build))
             digest = self._push(client, image_id, image, repo.image, tags, deadline, on_log)
         finally:
             client.close()
@@ -182,21 +183,6 @@ class ImageBuilder:
         return image_id
 
     # --- tags and push --------------------------------------------------------------------------------------
-    def _floating_tags(self, repo: RepositorySettings, version: semver.Version) -> list[str]:
-        if version.prerelease:
-            return []
-        held: dict[str, semver.Version | None] = {}
-        for tag in (f"{version.major}.{version.minor}", f"{version.major}"):
-            try:
-                label = self.registry.image_version(repo.image, tag)
-            except RegistryError as e:
-                raise PushFailed(f"cannot read which version {repo.image}:{tag} holds now: {e}") from e
-            held[tag] = parse_release_tag(label) if label else None
-        chosen = floating_tags(version, held)
-        for tag in sorted(set(held) - set(chosen)):
-            log.info("%s:%s stays at %s (newer than %s)", repo.image, tag, held[tag], version)
-        return chosen
-
     def _push(self, client: docker.DockerClient, image_id: str, image: str, name: str, tags: list[str],
               deadline: float, on_log: Callable[[str], None]) -> str:
         reg = self.settings.registry
@@ -205,8 +191,6 @@ class ImageBuilder:
         try:
             for tag in tags:
                 client.api.tag(image_id, image, tag, force=True)
-            # Immutable tags first: a moving tag (staging, 1, 1.2) never points at something not pushed under
-            # its own name.
             for tag in tags:
                 stream = client.api.push(image, tag=tag, stream=True, decode=True, auth_config=auth)
                 digests[tag] = self._read_push(stream, f"{image}:{tag}", deadline, on_log)

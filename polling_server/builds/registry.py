@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import re
 import threading
 from typing import Any
@@ -110,6 +111,29 @@ class RegistryClient:
         config = _json(resp, f"{self.host}/{name} config blob")
         return dict((config.get("config") or {}).get("Labels") or {})
 
+    def raw_manifest(self, name: str, reference: str) -> tuple[bytes, str] | None:
+        """The manifest bytes and media type served for name:reference (a tag or a digest); None when absent."""
+        resp = self._request("GET", name, f"manifests/{reference}",
+                             {"Accept": ", ".join(MANIFEST_TYPES + INDEX_TYPES)})
+        if resp is None:
+            return None
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if media_type not in MANIFEST_TYPES + INDEX_TYPES:
+            media_type = _media_type_of(resp.content) or media_type
+        return resp.content, media_type
+
+    def put_manifest(self, name: str, tag: str, body: bytes, media_type: str) -> str:
+        """Serve `body` (a manifest already in this repository) under `tag`: the registry API's tag move.
+
+        Any manifest type works (Docker v2, OCI, an index), since the bytes are put back exactly as read.
+        Returns the digest the registry answers with.
+        """
+        resp = self._request("PUT", name, f"manifests/{tag}", {"Content-Type": media_type}, data=body, push=True)
+        digest = resp.headers.get("Docker-Content-Digest") if resp is not None else None
+        if not digest:
+            raise RegistryError(f"{self.host}/{name}:{tag}: the registry accepted the manifest but named no digest")
+        return digest
+
     def image_version(self, name: str, tag: str) -> str | None:
         """The `org.opencontainers.image.version` label of name:tag; None when the tag or the label is absent."""
         labels = self.labels(name, tag)
@@ -121,18 +145,19 @@ class RegistryClient:
                              {"Accept": ", ".join(MANIFEST_TYPES + INDEX_TYPES)})
         return None if resp is None else _json(resp, f"{self.host}/{name}:{reference} manifest")
 
-    def _request(self, method: str, name: str, path: str, headers: dict[str, str]) -> requests.Response | None:
+    def _request(self, method: str, name: str, path: str, headers: dict[str, str], *, data: bytes | None = None,
+                 push: bool = False) -> requests.Response | None:
         """Send, answering one auth challenge; None on 404 (absent), RegistryError on any other failure."""
         name = self._name(name)
         url = f"{self.base}/v2/{name}/{path}"
-        scope = f"repository:{name}:pull"
+        scope = f"repository:{name}:pull,push" if push else f"repository:{name}:pull"
         with self._lock:
             auth = self._tokens.get(scope) or self._tokens.get("")
-        resp = self._send(method, url, headers, auth)
+        resp = self._send(method, url, headers, auth, data)
         if resp.status_code == 401:
             auth = self._answer_challenge(resp.headers.get("WWW-Authenticate", ""), scope)
             if auth:
-                resp = self._send(method, url, headers, auth)
+                resp = self._send(method, url, headers, auth, data)
         if resp.status_code == 404:
             return None
         if resp.status_code >= 400:
@@ -141,12 +166,14 @@ class RegistryClient:
                                 resp.status_code)
         return resp
 
-    def _send(self, method: str, url: str, headers: dict[str, str], auth: str | None) -> requests.Response:
+    def _send(self, method: str, url: str, headers: dict[str, str], auth: str | None,
+              data: bytes | None = None) -> requests.Response:
         all_headers = dict(headers)
         if auth:
             all_headers["Authorization"] = auth
+        extra = {} if data is None else {"data": data}
         try:
-            return self.http.request(method, url, headers=all_headers)
+            return self.http.request(method, url, headers=all_headers, **extra)
         except Unreachable as e:
             raise RegistryError(str(e), e.status) from e
 
@@ -191,6 +218,16 @@ class RegistryClient:
         return auth
 
 
+def _media_type_of(body: bytes) -> str | None:
+    """A manifest's own `mediaType` field, for registries that answer with a generic Content-Type."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    value = data.get("mediaType") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def _json(resp: requests.Response, what: str) -> dict[str, Any]:
     try:
         data = resp.json()
@@ -199,3 +236,11 @@ def _json(resp: requests.Response, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RegistryError(f"{what} is not a JSON object")
     return data
+
+
+def registry_client_for(settings, http: HttpClient | None = None) -> RegistryClient:
+    """The client of the configured registry (`registry:` in the poller's configuration)."""
+    reg = settings.registry
+    insecure = bool(getattr(reg, "insecure", False))
+    return RegistryClient(reg.host, reg.username, str(reg.password) if reg.password else None, http=http,
+                          scheme="http" if insecure else None)

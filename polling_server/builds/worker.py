@@ -1,5 +1,10 @@
 """Runs the queued builds: claims due builds from the store, runs them with the ImageBuilder under a watchdog, and
-records each outcome (succeeded, queued again with exponential backoff, or failed for good).
+records each outcome (succeeded, queued again with exponential backoff, or failed for good); then the tag mover
+brings the repository's mutable tags (`staging`, `1.2`, `1`) to where the pure decision says.
+
+A claim is a lease as long as the time limit plus the grace: if the outcome cannot be written (disk full, database
+locked), the build is due again when the lease ends (the push is idempotent) instead of blocking its repository,
+and the store reports itself unwritable (readiness and the `poller_state_writable` metric) meanwhile.
 
 Threads: `start()` runs `builds.concurrency` workers; the store lets at most one build per repository run at a time.
 A build attempt runs on a thread of its own and the worker waits for it at most the build's time limit (plus a little
@@ -16,8 +21,9 @@ import time
 from dataclasses import dataclass
 
 from polling_server.builds.docker_engine import BuildResult, ImageBuilder
+from polling_server.builds.tag_mover import TagMover
 from polling_server.config import Settings
-from polling_server.errors import BuildError, BuildTimeout
+from polling_server.errors import BuildError, BuildTimeout, StateError
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
 from polling_server.planning.model import BuildStatus
@@ -40,6 +46,11 @@ def watchdog_grace(timeout: float) -> float:
     return min(30.0, max(2.0, timeout * 0.05))
 
 
+def lease_seconds(timeout: float) -> float:
+    """A claim outlives the attempt it covers: the time limit, the watchdog's grace, and a minute to record it."""
+    return timeout + watchdog_grace(timeout) + 60.0
+
+
 @dataclass
 class _Attempt:
     """What one build attempt's thread hands back to the worker."""
@@ -49,11 +60,13 @@ class _Attempt:
 
 
 class BuildWorker:
-    def __init__(self, settings: Settings, store: StateStore, builder: ImageBuilder, metrics: Metrics):
+    def __init__(self, settings: Settings, store: StateStore, builder: ImageBuilder, metrics: Metrics,
+                 tag_mover: TagMover | None = None):
         self.settings = settings
         self.store = store
         self.builder = builder
         self.metrics = metrics
+        self.tag_mover = tag_mover
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -63,8 +76,12 @@ class BuildWorker:
         """At start-up: builds left running by a crash are queued to run again (finished ones stay finished)."""
         interrupted = self.store.requeue_interrupted()
         for b in interrupted:
-            log_event(log, "build.requeued", "warning", msg="interrupted by a restart; will run again",
-                      repo=b.repo, ref=b.ref, sha=b.sha, build_id=b.id)
+            if b.status is BuildStatus.SUPERSEDED:
+                log_event(log, "build.superseded", repo=b.repo, ref=b.ref, sha=b.sha, build=b.id, by=b.superseded_by,
+                          reason=f"interrupted by a restart, and a newer build of {b.ref} was planned")
+            else:
+                log_event(log, "build.requeued", "warning", msg="interrupted by a restart; will run again",
+                          repo=b.repo, ref=b.ref, sha=b.sha, build_id=b.id)
         self._update_queue_gauge()
         return interrupted
 
@@ -93,10 +110,11 @@ class BuildWorker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                record = self.store.claim_build()
-            except Exception:  # noqa: BLE001 - a store hiccup must not end the worker
-                log.exception("cannot claim a build from the state store")
+                record = self._claim()
+            except Exception as e:  # noqa: BLE001 - a store hiccup must not end the worker
+                log_event(log, "state.write_failed", "error", f"cannot claim a build: {e}", reason=str(e))
                 record = None
+            self._update_state_gauge()
             if record is None:
                 self._wake.wait(IDLE_POLL_SECONDS)
                 self._wake.clear()
@@ -111,10 +129,21 @@ class BuildWorker:
         """
         started = time.time()
         finished: list[BuildRecord] = []
-        while (record := self.store.claim_build(due_by=started)) is not None:
+        while (record := self._claim(due_by=started)) is not None:
             finished.append(self._process(record))
         self._update_queue_gauge()
         return finished
+
+    def _claim(self, due_by: float | None = None) -> BuildRecord | None:
+        superseded: list[int] = []
+        lease = lease_seconds(self.settings.builds.timeout_seconds)
+        record = self.store.claim_build(due_by=due_by, lease_seconds=lease, superseded=superseded)
+        for build_id in superseded:
+            b = self.store.build(build_id)
+            log_event(log, "build.superseded", repo=b.repo, ref=b.ref, sha=b.sha, build=b.id, by=b.superseded_by,
+                      reason=f"a newer build of {b.ref} was planned before this one could run again")
+            self._count("superseded", time.monotonic())
+        return record
 
     # --- one build ------------------------------------------------------------------------------------------
     def _process(self, record: BuildRecord) -> BuildRecord:
@@ -140,11 +169,31 @@ class BuildWorker:
                 self._count("succeeded", began)
             else:
                 self._record_failure(record, error, fields, began)
+        except StateError as e:
+            # The outcome is lost; the lease makes the build due again once it ends (the push is idempotent).
+            log_event(log, "state.write_failed", "error", f"cannot record the outcome of build {record.id}: {e}",
+                      reason=str(e), will_retry=True, **fields)
         except Exception:  # noqa: BLE001 - the worker outlives anything a build does
             log.exception("recording the outcome of build %s failed", record.id)
         finally:
             self._update_queue_gauge()
-        return self.store.build(record.id)
+            self._update_state_gauge()
+        self._move_tags(record.repo)
+        return self._current(record)
+
+    def _current(self, record: BuildRecord) -> BuildRecord:
+        try:
+            return self.store.build(record.id)
+        except StateError:
+            return record
+
+    def _move_tags(self, repo: str) -> None:
+        if self.tag_mover is None:
+            return
+        try:
+            self.tag_mover.reconcile(repo)
+        except Exception:  # noqa: BLE001 - a failed move is retried by the next reconcile
+            log.exception("moving the image tags of %s failed", repo)
 
     def _attempt(self, record: BuildRecord, repo) -> tuple[BuildResult | None, BaseException | None]:
         """Run the builder on its own thread; give up on it once the time limit (plus grace) has passed."""
@@ -180,6 +229,11 @@ class BuildWorker:
             log.error("build %s raised an unexpected error", record.id, exc_info=error)
         retry_in = retry_delay(self.settings.builds.retry_backoff_seconds, record.attempts)
         status = self.store.fail_build(record.id, reason, retry_in)
+        if status is BuildStatus.SUPERSEDED:
+            log_event(log, "build.superseded", repo=record.repo, ref=record.ref, sha=record.sha, build=record.id,
+                      reason=f"failed ({reason}); a newer build of {record.ref} was planned, so it is not retried")
+            self._count("superseded", began)
+            return
         will_retry = status is BuildStatus.QUEUED
         log_event(log, "build.failed", "warning" if will_retry else "error", reason=reason,
                   attempt=record.attempts, will_retry=will_retry,
@@ -189,6 +243,9 @@ class BuildWorker:
     def _count(self, outcome: str, began: float) -> None:
         self.metrics.builds.labels(outcome).inc()
         self.metrics.build_seconds.labels(outcome).observe(time.monotonic() - began)
+
+    def _update_state_gauge(self) -> None:
+        self.metrics.state_writable.set(1 if self.store.writable else 0)
 
     def _update_queue_gauge(self) -> None:
         try:

@@ -24,19 +24,3 @@ def image_tag_for(version: semver.Version) -> str:
     if not _DOCKER_TAG.match(tag):
         raise ValueError(f"version {version} cannot be written as an image tag")
     return tag
-
-
-def floating_tags(version: semver.Version, current: dict[str, semver.Version | None]) -> list[str]:
-    """`1.2` and `1` for version 1.2.3, each only if it would not move back to an older version.
-
-    `current` maps a floating tag to the version the registry holds under it now (None: absent or unknown
-    version). Pre-releases get no floating tags.
-    """
-    if version.prerelease:
-        return []
-    tags = []
-    for tag in (f"{version.major}.{version.minor}", f"{version.major}"):
-        held = current.get(tag)
-        if held is None or version.compare(held) >= 0:
-            tags.append(tag)
-    return tags

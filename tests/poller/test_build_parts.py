@@ -253,7 +253,7 @@ def test_registry_refusal_is_an_error_without_secrets():
 
 # --- tags and builder errors -------------------------------------------------------------------------------
 @pytest.mark.parametrize("tag, version, expected", [
-    (None, None, [f"sha-{SHA[:12]}", "staging"]),
+    (None, None, [f"sha-{SHA[:12]}"]),  # staging is moved by the tag mover, never pushed by a build
     ("v1.2.3", "1.2.3", ["1.2.3"]),
     ("1.2.3", "1.2.3", ["1.2.3"]),
     ("v2.0.0-rc.1+build.5", "2.0.0-rc.1+build.5", ["2.0.0-rc.1-build.5"]),

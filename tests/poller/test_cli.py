@@ -81,6 +81,24 @@ def test_bad_config_exits_non_zero_without_traceback(tmp_path):
     assert "poll_interval_seconds" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_help():
+def test_help_lists_the_commands_and_each_takes_config():
     out = run("--help")
-    assert out.returncode == 0 and "--dry-run" in out.stdout
+    assert out.returncode == 0
+    for command in ("run", "check-config", "status"):
+        assert command in out.stdout
+        sub = run(command, "--help")
+        assert sub.returncode == 0 and "--config" in sub.stdout
+    assert "--dry-run" in run("run", "--help").stdout
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.startswith("polling-server ")
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["--config"], ["status"], ["bogus", "--config", "x.yaml"],
+                                  ["run", "--config", "x.yaml", "--no-such-flag"]])
+def test_usage_errors_exit_2_with_one_line(args):
+    out = run(*args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "error:" in out.stderr
