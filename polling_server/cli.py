@@ -153,6 +153,7 @@ def _status(settings: Settings, as_json: bool) -> int:
 
     # A copy in memory: `status` never creates, migrates or changes the state file.
     store = StateStore.in_memory_copy(settings.state_path)
+    store.check_rows()
     rows = []
     for repo in settings.repositories:
         state = store.repo_state(repo.name)

@@ -10,7 +10,8 @@ Repositories are polled concurrently (bounded by `max_concurrent_polls`), each o
 is logged and counted and never stops the others. GitHub's rate limit is per token, so a rate-limit answer pauses
 every GitHub repository until the time GitHub gives (logged once per episode); git remotes go on. A repository is
 not polled again before the server's X-Poll-Interval has passed. The state is written only when something
-changed, in one transaction with the builds planned (see state.py); a dry run plans and reports but saves nothing.
+changed, in one transaction with the builds planned (see state.py). A dry run hands this an in-memory copy of the
+state (see daemon.py), so it follows its own changes and writes nothing to disk.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class RepositoryPoller:
         with self._lock:
             self._next_due[name] = 0.0
 
-    def poll_due(self, dry_run: bool = False, wait: bool = False) -> CycleReport:
+    def poll_due(self, wait: bool = False) -> CycleReport:
         """Start a poll of every due repository on the pool; with `wait`, wait for them and report."""
         now = self._clock()
         due = self.due_repositories(now)
@@ -90,7 +91,7 @@ class RepositoryPoller:
         report = CycleReport()
         if due:
             pool = self._executor()
-            futures = [(r, pool.submit(self._poll_scheduled, r, dry_run)) for r in due]
+            futures = [(r, pool.submit(self._poll_scheduled, r)) for r in due]
             if wait:
                 for repo, future in futures:
                     self._add(report, repo, future.result())
@@ -98,11 +99,11 @@ class RepositoryPoller:
         self.metrics.last_cycle.labels("repositories").set(now)
         return report
 
-    def _poll_scheduled(self, repo: RepositorySettings, dry_run: bool):
+    def _poll_scheduled(self, repo: RepositorySettings):
         started = self._clock()
         outcome = None
         try:
-            outcome = self._poll_guarded(repo, dry_run)
+            outcome = self._poll_guarded(repo)
         finally:
             with self._lock:
                 self._next_due[repo.name] = max(started + self.settings.poll_interval_seconds,
@@ -124,12 +125,12 @@ class RepositoryPoller:
 
     # --- one pass over everything (--once) -----------------------------------------------------------------
 
-    def poll_all(self, dry_run: bool = False) -> CycleReport:
+    def poll_all(self) -> CycleReport:
         report = CycleReport()
         repos = self.settings.repositories
         workers = max(1, min(self.settings.max_concurrent_polls, len(repos)))
         with ThreadPoolExecutor(workers, thread_name_prefix="poll") as pool:
-            for repo, outcome in zip(repos, pool.map(lambda r: self._poll_guarded(r, dry_run), repos), strict=True):
+            for repo, outcome in zip(repos, pool.map(self._poll_guarded, repos), strict=True):
                 self._add(report, repo, outcome)
         self.last_cycle_at = self._clock()
         self.metrics.last_cycle.labels("repositories").set(self.last_cycle_at)
@@ -148,9 +149,9 @@ class RepositoryPoller:
             report.counted_requests += counted
             report.not_modified += not_modified
 
-    def _poll_guarded(self, repo: RepositorySettings, dry_run: bool):
+    def _poll_guarded(self, repo: RepositorySettings):
         try:
-            return self.poll_one(repo, dry_run)
+            return self.poll_one(repo)
         except RateLimited as e:
             return str(e)  # logged once per episode by _pause
         except SourceError as e:
@@ -163,7 +164,7 @@ class RepositoryPoller:
                                                                               "fields": {"repo": repo.name}})
             return f"{type(e).__name__}: {e}"
 
-    def poll_one(self, repo: RepositorySettings, dry_run: bool = False):
+    def poll_one(self, repo: RepositorySettings):
         """Poll one repository. Returns (plan, counted requests, 304s), or None when it is not due yet."""
         now = self._clock()
         with self._lock:
@@ -200,7 +201,7 @@ class RepositoryPoller:
         cursors = dict(polled.cursors)
         changed = plan.new_state != state or plan.builds
         cursors = {k: c for k, c in cursors.items() if c != self.store.cursor(k)} if not changed else cursors
-        if not dry_run and (changed or cursors or polled.tag_objects):
+        if changed or cursors or polled.tag_objects:
             ids = self.store.save_poll(repo.name, plan if changed else None, cursors, polled.tag_objects,
                                        max_attempts=self.settings.builds.retries + 1)
             for new_id in ids:

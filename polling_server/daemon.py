@@ -122,13 +122,13 @@ class Daemon:
     # --- jobs ---------------------------------------------------------------------------------------------
     def tick(self) -> CycleReport:
         """Poll every repository that is due now (on the poll pool; returns at once)."""
-        report = self.poller.poll_due(self.dry_run)
+        report = self.poller.poll_due()
         self._count_queue()
         return report
 
     def poll_repositories(self) -> CycleReport:
         """Poll every repository now and wait for them (`--once`)."""
-        report = self.poller.poll_all(self.dry_run)
+        report = self.poller.poll_all()
         self._count_queue()
         return report
 

@@ -129,7 +129,15 @@ class BuildWorker:
         """
         started = time.time()
         finished: list[BuildRecord] = []
-        while (record := self._claim(due_by=started)) is not None:
+        while True:
+            try:
+                record = self._claim(due_by=started)
+            except StateError as e:
+                log_event(log, "state.write_failed", "error", f"cannot claim a build: {e}", reason=str(e))
+                self._update_state_gauge()
+                break
+            if record is None:
+                break
             finished.append(self._process(record))
         self._update_queue_gauge()
         return finished

@@ -12,6 +12,8 @@ import pytest
 import responses
 
 from polling_server.builds.docker_engine import ImageBuilder
+from polling_server.builds.registry import registry_client_for
+from polling_server.builds.tag_mover import TagMover
 from polling_server.builds.worker import BuildWorker
 from polling_server.metrics import Metrics
 from polling_server.planning.model import BuildStatus
@@ -39,7 +41,9 @@ def _git(tmp_path) -> GitRepo:
 
 
 def _worker(settings, store, **builder_kwargs) -> BuildWorker:
-    return BuildWorker(settings, store, ImageBuilder(settings, **builder_kwargs), Metrics())
+    metrics = Metrics()
+    mover = TagMover(settings, store, registry_client_for(settings), metrics)
+    return BuildWorker(settings, store, ImageBuilder(settings, **builder_kwargs), metrics, tag_mover=mover)
 
 
 @pytest.fixture
@@ -64,7 +68,9 @@ def test_staging_and_release_tags_follow_the_commits(tmp_path, git_app, registry
     (done,) = worker.run_until_idle()
     assert done.status is BuildStatus.SUCCEEDED, done.error
     ref = f"{registry.host}/{image}"
-    assert set(done.pushed_tags) == {f"{ref}:staging", f"{ref}:sha-{first[:12]}"}
+    # A build pushes its immutable tag; the tag mover then put staging on the same manifest.
+    assert set(done.pushed_tags) == {f"{ref}:sha-{first[:12]}"}
+    assert registry.manifest(image, "staging")[0] == done.digest
     assert registry.labels(image, f"sha-{first[:12]}")[REVISION] == first
     assert file_in_image(docker_client, f"{ref}:sha-{first[:12]}", "/app/marker.txt") == "first\n"
 
@@ -83,7 +89,7 @@ def test_staging_and_release_tags_follow_the_commits(tmp_path, git_app, registry
     enqueue(store, "app", second, tag="v1.2.3")
     (done,) = worker.run_until_idle()
     assert done.status is BuildStatus.SUCCEEDED, done.error
-    assert set(done.pushed_tags) == {f"{ref}:1.2.3", f"{ref}:1.2", f"{ref}:1"}
+    assert set(done.pushed_tags) == {f"{ref}:1.2.3"}
     release_digest = registry.manifest(image, "1.2.3")[0]
     assert registry.manifest(image, "1")[0] == registry.manifest(image, "1.2")[0] == release_digest
     labels = registry.labels(image, "1.2.3")
@@ -96,7 +102,7 @@ def test_staging_and_release_tags_follow_the_commits(tmp_path, git_app, registry
     enqueue(store, "app", first, tag="1.1.9")
     (done,) = worker.run_until_idle()
     assert done.status is BuildStatus.SUCCEEDED, done.error
-    assert set(done.pushed_tags) == {f"{ref}:1.1.9", f"{ref}:1.1"}
+    assert set(done.pushed_tags) == {f"{ref}:1.1.9"}
     assert registry.manifest(image, "1")[0] == release_digest
     assert registry.labels(image, "1")[VERSION] == "1.2.3"
     assert registry.labels(image, "1.1")[REVISION] == first

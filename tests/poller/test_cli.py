@@ -102,3 +102,23 @@ def test_usage_errors_exit_2_with_one_line(args):
     out = run(*args)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "error:" in out.stderr
+
+
+def test_once_exits_1_when_a_build_it_ran_failed(tmp_path):
+    repo = GitRepo(tmp_path)
+    repo.commit({"Dockerfile": "FROM scratch\n"}, "first")
+    cfg = tmp_path / "failing.yaml"
+    cfg.write_text(json.dumps({
+        "state_path": str(tmp_path / "f.db"), "http": {"enabled": False},
+        "builds": {"retries": 2, "retry_backoff_seconds": 60},
+        "repositories": [{"url": repo.url, "name": "app", "image": "team/app", "initial_build": True}]}))
+    env = {**__import__("os").environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    out = subprocess.run([sys.executable, "-m", "polling_server", "--config", str(cfg), "--once"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    # The build failed and has retries left, but none in this run: that is a failure of this run.
+    assert out.returncode == 1, out.stderr
+    assert "build queued: app master" in out.stdout and "EngineUnavailable" in out.stdout
+    # Nothing due any more: the next --once ran no build and is ok.
+    again = subprocess.run([sys.executable, "-m", "polling_server", "--config", str(cfg), "--once"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert again.returncode == 0, again.stderr

@@ -74,3 +74,22 @@ def test_health_fails_when_polls_stop(tmp_path):
         assert daemon.health()[0] is False
     finally:
         daemon.stop()
+
+
+def test_fresh_metrics_show_every_series_at_zero_and_no_created(tmp_path):
+    settings = parse_settings({"state_path": str(tmp_path / "s.db"), "http": {"host": "127.0.0.1", "port": 0},
+                               "repositories": []}, env={})
+    daemon = Daemon(settings, builder=RecordingBuilder(), tag_mover=None)
+    server = daemon.start()
+    try:
+        text = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
+        ready = requests.get(f"http://127.0.0.1:{server.port}/readyz", timeout=5)
+    finally:
+        daemon.stop()
+    assert "_created" not in text
+    for series in ('poller_builds_total{outcome="failed"} 0.0', 'poller_builds_total{outcome="succeeded"} 0.0',
+                   'poller_apply_requests_total{outcome="accepted"} 0.0',
+                   'poller_polls_total{outcome="failed",source="github"} 0.0',
+                   'poller_builds_planned_total{kind="release"} 0.0', "poller_state_writable 1.0"):
+        assert series in text, series
+    assert ready.status_code == 200 and ready.json()["state_writable"] is True
