@@ -90,6 +90,18 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Secrets of the webhook receiver; a hook whose secret is not set answers 404. `port`: a listener of its own."""
+
+    github_secrets: tuple[Secret, ...] = ()
+    gitlab_tokens: tuple[Secret, ...] = ()
+    gitea_secrets: tuple[Secret, ...] = ()
+    charts_tokens: tuple[Secret, ...] = ()
+    host: str = "0.0.0.0"
+    port: int | None = None
+
+
+@dataclass(frozen=True)
 class RepositorySettings:
     name: str
     image: str
@@ -120,6 +132,7 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     builds: BuildSettings = field(default_factory=BuildSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     chart_repository: ChartRepositorySettings | None = None
     helm_api: HelmApiSettings | None = None
 
@@ -257,6 +270,37 @@ def _repository(r: _Reader) -> RepositorySettings:
     return settings
 
 
+def _secrets(r: _Reader, key: str) -> tuple[Secret, ...]:
+    """One secret, or a list of up to two while it is being rotated."""
+    r.used.add(key)
+    raw = r.data.get(key)
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    if not 1 <= len(items) <= 2:
+        r.fail("give one secret, or a list of two while rotating", key)
+    found = []
+    for item in items:
+        value = r._expand(key, item)
+        if not isinstance(value, str) or len(value) < 8:
+            r.fail("must be a string of at least 8 characters (or a list of two)", key)
+        found.append(Secret(value))
+    return tuple(found)
+
+
+def _webhooks(r: _Reader) -> WebhookSettings:
+    settings = WebhookSettings(
+        github_secrets=_secrets(r, "github_secret"),
+        gitlab_tokens=_secrets(r, "gitlab_token"),
+        gitea_secrets=_secrets(r, "gitea_secret"),
+        charts_tokens=_secrets(r, "charts_token"),
+        host=r.get("host", str, "0.0.0.0"),
+        port=r.get("port", int, None, lambda v: None if 0 <= v < 65536 else "must be a TCP port (0-65535)"),
+    )
+    r.done()
+    return settings
+
+
 def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None,
                    base_dir: Path | None = None) -> Settings:
     """Validate a parsed YAML document. `env` defaults to os.environ; relative paths resolve against base_dir."""
@@ -299,6 +343,8 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         port=h.get("port", int, 8081, lambda v: None if 0 <= v < 65536 else "must be a TCP port (0-65535)"),
     )
     h.done()
+
+    webhooks = _webhooks(top.child("webhooks"))
 
     chart_repository = None
     c = top.child("chart_repository", optional=True)
@@ -360,6 +406,7 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         registry=registry,
         builds=builds,
         http=http,
+        webhooks=webhooks,
         chart_repository=chart_repository,
         helm_api=helm_api,
     )

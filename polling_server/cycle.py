@@ -61,6 +61,7 @@ class RepositoryPoller:
         self._reconciled_at: dict[str, float] = {}
         self._next_due: dict[str, float] = {}  # repo -> when its next scheduled poll is due (absent: now)
         self._in_flight: set[str] = set()
+        self._forced: set[str] = set()  # triggered (webhook): poll at once, refs read, X-Poll-Interval aside
         self._pool: ThreadPoolExecutor | None = None
         self.on_planned: Callable[[], None] | None = None  # called after a scheduled poll planned builds
         self.last_cycle_at: float | None = None
@@ -78,9 +79,14 @@ class RepositoryPoller:
             return self._next_due.get(name, 0.0)
 
     def poll_now(self, name: str) -> None:
-        """Make `name` due at once (a webhook, an operator): the next tick polls it."""
+        """Make `name` due at once (a webhook, an operator): the next tick polls it and reads its refs.
+
+        Triggers coalesce: however many arrive, one poll is pending; one arriving while the repository is being
+        polled makes it due again right after (that poll may have read the refs before the push).
+        """
         with self._lock:
             self._next_due[name] = 0.0
+            self._forced.add(name)
 
     def poll_due(self, wait: bool = False) -> CycleReport:
         """Start a poll of every due repository on the pool; with `wait`, wait for them and report."""
@@ -106,8 +112,11 @@ class RepositoryPoller:
             outcome = self._poll_guarded(repo)
         finally:
             with self._lock:
-                self._next_due[repo.name] = max(started + self.settings.poll_interval_seconds,
-                                                self._not_before.get(repo.name, 0.0))
+                if repo.name in self._forced:
+                    self._next_due[repo.name] = 0.0  # triggered again while it was being polled
+                else:
+                    self._next_due[repo.name] = max(started + self.settings.poll_interval_seconds,
+                                                    self._not_before.get(repo.name, 0.0))
                 self._in_flight.discard(repo.name)
         if isinstance(outcome, tuple) and outcome[0].builds and self.on_planned is not None:
             self.on_planned()
@@ -168,13 +177,15 @@ class RepositoryPoller:
         """Poll one repository. Returns (plan, counted requests, 304s), or None when it is not due yet."""
         now = self._clock()
         with self._lock:
-            if self._paused_until.get(repo.kind, 0) > now or self._not_before.get(repo.name, 0) > now:
+            forced = repo.name in self._forced
+            if self._paused_until.get(repo.kind, 0) > now or (not forced and self._not_before.get(repo.name, 0) > now):
                 return None
+            self._forced.discard(repo.name)
         source = self.sources[repo.kind]
         state = self.store.repo_state(repo.name)
         with self._lock:
             last_reconcile = self._reconciled_at.get(repo.name)
-        reconcile = (not state.baseline or last_reconcile is None
+        reconcile = (forced or not state.baseline or last_reconcile is None
                      or now - last_reconcile >= self.settings.reconcile_interval_seconds)
         try:
             polled = source.poll(repo, self.store, state, reconcile)

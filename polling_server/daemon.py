@@ -30,7 +30,8 @@ from polling_server.planning.model import BuildStatus
 from polling_server.sources.git_remote import GitRemoteSource
 from polling_server.sources.github import GitHubSource
 from polling_server.state import StateStore
-from polling_server.web.app import create_app
+from polling_server.web.app import create_app, create_hooks_app
+from polling_server.web.receiver import WebhookReceiver
 from polling_server.web.server import HttpServer
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ class Daemon:
             self.apply_sender = ApplySender(settings, self.store, self.metrics)
         self.scheduler: BackgroundScheduler | None = None
         self.server: HttpServer | None = None
+        self.hooks_server: HttpServer | None = None
+        self.receiver = WebhookReceiver(settings, self.store, self.metrics, self.trigger_repository,
+                                        self.trigger_charts if self.chart_watcher is not None else None)
         self._stopped = threading.Event()
         self.started_at = time.time()
 
@@ -114,6 +118,17 @@ class Daemon:
             builder = self._builder or ImageBuilder(self.settings)
             self._worker = BuildWorker(self.settings, self.store, builder, self.metrics, tag_mover=self.tag_mover)
         return self._worker
+
+    def trigger_repository(self, name: str) -> None:
+        """Poll `name` now (a webhook): start its poll at once on the pool, not at the next tick."""
+        self.poller.poll_now(name)
+        if self.scheduler is not None and self.scheduler.running:
+            self.poller.poll_due()
+
+    def trigger_charts(self) -> None:
+        """Read the chart repository's index now (the charts hook); coalesces with a poll already running."""
+        if self.scheduler is not None and self.scheduler.running and self.scheduler.get_job("poll-charts"):
+            self.scheduler.modify_job("poll-charts", next_run_time=datetime.now(UTC))
 
     def _wake_worker(self) -> None:
         if self._worker is not None:
@@ -199,8 +214,11 @@ class Daemon:
         """Start the health endpoint, the scheduler and the build worker (non-blocking)."""
         if self.settings.http.enabled and self.server is None:
             # First, so a port in use ends the start before anything else runs.
-            app = create_app(self.metrics, self.health, self.ready)
+            app = create_app(self.metrics, self.health, self.ready, self.receiver)
             self.server = HttpServer(app, self.settings.http.host, self.settings.http.port)
+        hooks = self.settings.webhooks
+        if hooks.port is not None and self.hooks_server is None:
+            self.hooks_server = HttpServer(create_hooks_app(self.receiver), hooks.host, hooks.port, name="hooks")
         if not self.dry_run:
             self.worker.recover()
             self.worker.start()
@@ -221,10 +239,12 @@ class Daemon:
                 self.scheduler.add_job(self.move_tags, "interval", seconds=TAG_RECONCILE_INTERVAL_SECONDS,
                                        id="move-tags", next_run_time=first)
         self.scheduler.start()
-        if self.server is not None:
-            self.server.start()
+        for server in (self.server, self.hooks_server):
+            if server is not None:
+                server.start()
         log_event(log, "daemon.started", repositories=len(self.settings.repositories), dry_run=self.dry_run,
-                  health_port=self.server.port if self.server else None)
+                  health_port=self.server.port if self.server else None,
+                  hooks_port=self.hooks_server.port if self.hooks_server else None)
         return self.server
 
     def run_forever(self) -> None:
@@ -242,7 +262,8 @@ class Daemon:
         self.poller.close()
         if self._worker is not None:
             self._worker.stop(timeout=30)
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        for server in (self.server, self.hooks_server):
+            if server is not None:
+                server.stop()
+        self.server = self.hooks_server = None
         self.store.close()

@@ -15,6 +15,8 @@ POLL_OUTCOMES = ("ok", "failed", "unchanged")
 BUILD_OUTCOMES = ("succeeded", "retrying", "failed", "superseded")
 APPLY_OUTCOMES = ("accepted", "unavailable", "rejected")
 BUILD_KINDS = ("staging", "release")
+WEBHOOK_PROVIDERS = ("github", "gitlab", "gitea", "charts")
+WEBHOOK_OUTCOMES = ("accepted", "ignored", "duplicate", "bad_signature", "invalid", "not_configured")
 
 
 class Metrics:
@@ -37,6 +39,8 @@ class Metrics:
                                  "Mutable image tag moves (staging, 1.2, 1) by outcome", ["outcome"], registry=r)
         self.last_cycle = Gauge("poller_last_cycle_timestamp_seconds", "End of the last poll cycle", ["job"],
                                 registry=r)
+        self.webhook_deliveries = Counter("poller_webhook_deliveries_total", "Webhook deliveries by outcome",
+                                          ["provider", "outcome"], registry=r)
         self.state_writable = Gauge("poller_state_writable",
                                     "1 while the state database takes writes, 0 while the last write failed",
                                     registry=r)
@@ -54,3 +58,6 @@ class Metrics:
             self.applies.labels(outcome)
         for outcome in ("moved", "failed"):
             self.tag_moves.labels(outcome)
+        for provider in WEBHOOK_PROVIDERS:
+            for outcome in WEBHOOK_OUTCOMES:
+                self.webhook_deliveries.labels(provider, outcome)

@@ -118,7 +118,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (repo, tag)
     );
     """,
+    """
+    CREATE TABLE deliveries (
+        key TEXT PRIMARY KEY,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX deliveries_by_time ON deliveries (received_at);
+    """,
 )
+MAX_DELIVERIES = 10_000  # webhook delivery ids kept for deduplication (the oldest are dropped)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -523,6 +531,17 @@ class StateStore:
     def succeeded_builds(self, repo: str, kind: BuildKind) -> list[BuildRecord]:
         return self._builds("WHERE repo = ? AND kind = ? AND status = ? ORDER BY id",
                             (repo, kind.value, BuildStatus.SUCCEEDED.value))
+
+    # --- webhook deliveries --------------------------------------------------------------------------------
+    def record_delivery(self, key: str) -> bool:
+        """Remember a webhook delivery id; False when it was seen before (a redelivery or a replay)."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO deliveries (key, received_at) VALUES (?, ?)",
+                             (key[:200], self._clock()))
+            if cur.rowcount:
+                db.execute("DELETE FROM deliveries WHERE key IN (SELECT key FROM deliveries "
+                           "ORDER BY received_at DESC LIMIT -1 OFFSET ?)", (MAX_DELIVERIES,))
+            return bool(cur.rowcount)
 
     # --- mutable image tags --------------------------------------------------------------------------------
     def tag_positions(self, repo: str) -> dict[str, TagPosition]:

@@ -98,7 +98,10 @@ def test_dry_run_saves_nothing(tmp_path):
     store, poller = start(tmp_path, repo.url)
     poller.poll_all()
     repo.commit({"a": "2"})
-    report = poller.poll_all(dry_run=True)
-    assert len(report.planned) == 1
+    # A dry run polls on an in-memory copy of the state (what the daemon gives it): the file is untouched.
+    copy = StateStore.in_memory_copy(store.path)
+    dry = RepositoryPoller(poller.settings, copy, Metrics(), poller.sources)
+    assert len(dry.poll_all().planned) == 1
+    assert len(dry.poll_all().planned) == 0  # it remembers its own plan across cycles
     assert store.builds() == []
     assert len(poller.poll_all().planned) == 1  # the real run still sees the change

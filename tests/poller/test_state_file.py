@@ -73,9 +73,9 @@ def test_an_unusable_state_file_is_refused_in_one_line_and_never_changed(tmp_pat
         store.close()
         db = sqlite3.connect(path)
         if damage == "foreign":
-            db.executescript("DROP TABLE repos; DROP TABLE builds; DROP TABLE cursors; DROP TABLE tag_objects; "
-                             "DROP TABLE charts; DROP TABLE applies; DROP TABLE tag_positions; "
-                             "CREATE TABLE photos (id INTEGER); PRAGMA user_version = 0;")
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                db.execute(f"DROP TABLE {table}")
+            db.executescript("CREATE TABLE photos (id INTEGER); PRAGMA user_version = 0;")
         elif damage == "newer":
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
         elif damage == "bad_row":
