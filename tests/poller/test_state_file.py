@@ -73,7 +73,8 @@ def test_an_unusable_state_file_is_refused_in_one_line_and_never_changed(tmp_pat
         store.close()
         db = sqlite3.connect(path)
         if damage == "foreign":
-            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                       "AND name NOT LIKE 'sqlite_%'").fetchall():
                 db.execute(f"DROP TABLE {table}")
             db.executescript("CREATE TABLE photos (id INTEGER); PRAGMA user_version = 0;")
         elif damage == "newer":
