@@ -40,6 +40,9 @@ class GitHubSettings:
     max_retries: int = 3
     backoff_seconds: float = 1.0
     rate_limit_backoff_seconds: float = 60.0
+    max_requests_per_minute: float = 600.0  # points (GET 1, POST 5); GitHub's secondary limit is 900
+    max_concurrent_requests: int = 10  # across all GitHub work; GitHub's limit is 100
+    org_feeds: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,12 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         max_retries=gh.get("max_retries", int, 3, _non_negative),
         backoff_seconds=gh.get("backoff_seconds", float, 1.0, _non_negative),
         rate_limit_backoff_seconds=gh.get("rate_limit_backoff_seconds", float, 60.0, _positive),
+        max_requests_per_minute=gh.get("max_requests_per_minute", float, 600.0,
+                                       lambda v: None if 1 <= v <= 900 else "must be between 1 and 900 (GitHub's "
+                                                                            "secondary limit)"),
+        max_concurrent_requests=gh.get("max_concurrent_requests", int, 10,
+                                       lambda v: None if 1 <= v <= 100 else "must be between 1 and 100"),
+        org_feeds=gh.get("org_feeds", bool, False),
     )
     gh.done()
 

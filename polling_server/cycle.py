@@ -6,6 +6,11 @@ is polled on the bounded pool, and its next poll is set to the start of this one
 server's X-Poll-Interval when that is longer). So the configured interval is the interval, for every repository,
 whatever the others do. `poll_all()` polls every repository now (`--once`).
 
+GitHub repositories share one request budget (sources/github_budget.py): their first polls are spread over the
+interval by a stable offset per repository instead of fired as one herd, a triggered poll (webhook) is urgent, and
+when the budget cannot cover a pass over every repository within the interval the poller says so once (and in
+`poller_github_effective_interval_seconds`) instead of falling behind silently.
+
 Repositories are polled concurrently (bounded by `max_concurrent_polls`), each on its own: a failing repository
 is logged and counted and never stops the others. GitHub's rate limit is per token, so a rate-limit answer pauses
 every GitHub repository until the time GitHub gives (logged once per episode); git remotes go on. A repository is
@@ -16,11 +21,13 @@ state (see daemon.py), so it follows its own changes and writes nothing to disk.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from polling_server.config import RepositorySettings, Settings
@@ -30,6 +37,7 @@ from polling_server.metrics import Metrics
 from polling_server.planning.model import BuildRequest
 from polling_server.planning.planner import plan_repository
 from polling_server.sources.base import RepositorySource
+from polling_server.sources.github_budget import URGENT
 from polling_server.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -64,14 +72,27 @@ class RepositoryPoller:
         self._forced: set[str] = set()  # triggered (webhook): poll at once, refs read, X-Poll-Interval aside
         self._pool: ThreadPoolExecutor | None = None
         self.on_planned: Callable[[], None] | None = None  # called after a scheduled poll planned builds
+        self._started = clock()
+        self._points: dict[str, float] = {}  # repo -> GitHub points a poll of it costs (moving average)
+        self._budget_short = False
         self.last_cycle_at: float | None = None
 
     # --- scheduled polling (the daemon) -------------------------------------------------------------------
+    def _first_due(self, repo: RepositorySettings) -> float:
+        """GitHub repositories start spread over the interval (a stable offset each); others at once."""
+        if repo.kind != "github":
+            return 0.0
+        offset = int(hashlib.sha256(repo.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return self._started + offset * self.settings.poll_interval_seconds
+
     def due_repositories(self, now: float) -> list[RepositorySettings]:
         """Repositories whose next poll is due at `now`, not being polled, and not paused by a rate limit."""
         with self._lock:
+            for r in self.settings.repositories:
+                if r.name not in self._next_due:
+                    self._next_due[r.name] = self._first_due(r)
             return [r for r in self.settings.repositories
-                    if self._next_due.get(r.name, 0.0) <= now and r.name not in self._in_flight
+                    if self._next_due[r.name] <= now and r.name not in self._in_flight
                     and self._paused_until.get(r.kind, 0.0) <= now]
 
     def next_due(self, name: str) -> float:
@@ -187,11 +208,15 @@ class RepositoryPoller:
             last_reconcile = self._reconciled_at.get(repo.name)
         reconcile = (forced or not state.baseline or last_reconcile is None
                      or now - last_reconcile >= self.settings.reconcile_interval_seconds)
+        budget = getattr(source, "budget", None)
         try:
-            polled = source.poll(repo, self.store, state, reconcile)
+            with budget.prioritized(URGENT) if budget is not None and forced else nullcontext():
+                polled = source.poll(repo, self.store, state, reconcile)
         except RateLimited as e:
             self._pause(repo.kind, e)
             raise
+        if budget is not None:
+            self._account(repo, budget, polled.counted_requests + polled.not_modified)
         self.metrics.counted_requests.inc(polled.counted_requests)
         self.metrics.not_modified.labels(repo.kind).inc(polled.not_modified)
         for why in polled.skipped:
@@ -220,6 +245,28 @@ class RepositoryPoller:
                     log_event(log, "build.superseded", repo=repo.name, ref=old.ref, sha=old.sha, build=old.id,
                               by=new_id, reason=f"a newer build of {old.ref} was planned")
         return plan, polled.counted_requests, polled.not_modified
+
+    def _account(self, repo: RepositorySettings, budget, points: float) -> None:
+        """Track what a pass over every GitHub repository costs, and say when the budget cannot cover it."""
+        with self._lock:
+            previous = self._points.get(repo.name)
+            self._points[repo.name] = points if previous is None else 0.8 * previous + 0.2 * points
+            github = [r.name for r in self.settings.repositories if r.kind == "github"]
+            known = [self._points[n] for n in github if n in self._points]
+            per_pass = sum(known) + (len(github) - len(known)) * (sum(known) / len(known) if known else 1.0)
+            needed = budget.pass_seconds(per_pass)
+            interval = self.settings.poll_interval_seconds
+            short = needed > interval
+            changed, self._budget_short = short != self._budget_short, short
+        self.metrics.effective_interval.set(max(interval, needed))
+        if changed and short:
+            log_event(log, "poll.budget_short", "warning",
+                      f"the GitHub budget ({budget.points_per_minute:g} points a minute) covers a pass over "
+                      f"{len(github)} repositories in {needed:.0f}s, not the configured {interval:g}s: event-led "
+                      "polls and webhooks go first", effective_interval_seconds=round(needed, 1),
+                      repositories=len(github))
+        elif changed:
+            log_event(log, "poll.budget_ok", effective_interval_seconds=round(max(interval, needed), 1))
 
     def _pause(self, kind: str, e: RateLimited) -> None:
         with self._lock:

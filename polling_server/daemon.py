@@ -29,6 +29,7 @@ from polling_server.metrics import Metrics
 from polling_server.planning.model import BuildStatus
 from polling_server.sources.git_remote import GitRemoteSource
 from polling_server.sources.github import GitHubSource
+from polling_server.sources.github_budget import GitHubBudget
 from polling_server.state import StateStore
 from polling_server.web.app import create_app, create_hooks_app
 from polling_server.web.receiver import WebhookReceiver
@@ -69,8 +70,11 @@ class Daemon:
             store = StateStore.in_memory_copy(settings.state_path) if dry_run else StateStore(settings.state_path)
         self.store = store
         self.store.check_rows()
+        gh = settings.github
+        # One budget per token: polls, reconciliation, tag peeling and source tarballs all go through it.
+        self.github_budget = GitHubBudget(gh.max_requests_per_minute, gh.max_concurrent_requests)
         self.poller = RepositoryPoller(settings, self.store, self.metrics, sources or {
-            "github": GitHubSource(settings.github),
+            "github": GitHubSource(gh, budget=self.github_budget),
             "git": GitRemoteSource(),
         })
         self.poller.on_planned = self._wake_worker
@@ -115,7 +119,7 @@ class Daemon:
             from polling_server.builds.docker_engine import ImageBuilder
             from polling_server.builds.worker import BuildWorker
 
-            builder = self._builder or ImageBuilder(self.settings)
+            builder = self._builder or ImageBuilder(self.settings, github_budget=self.github_budget)
             self._worker = BuildWorker(self.settings, self.store, builder, self.metrics, tag_mover=self.tag_mover)
         return self._worker
 

@@ -1,7 +1,9 @@
 """The one place where HTTP requests are retried: connection errors, timeouts and 5xx, with bounded exponential
 backoff that honours Retry-After. Everything else (2xx, 304, 4xx) goes back to the caller to interpret.
 
-Each thread gets its own pooled requests.Session. Credentials travel in headers only; error messages carry the
+Each thread gets its own pooled requests.Session. A client built with a `budget` (GitHub's, see
+sources/github_budget.py) makes every attempt, retries included, wait for its points and a concurrency slot.
+Credentials travel in headers only; error messages carry the
 URL without query string or userinfo.
 """
 
@@ -11,6 +13,7 @@ import email.utils
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -54,7 +57,7 @@ class HttpClient:
     def __init__(self, *, timeout: float = 10.0, max_retries: int = 3, backoff_seconds: float = 1.0,
                  max_backoff_seconds: float = 60.0, headers: Mapping[str, str] | None = None,
                  auth: tuple[str, str] | None = None, pool_size: int = 32,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, budget=None):
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
@@ -63,6 +66,7 @@ class HttpClient:
         self.auth = auth
         self.pool_size = pool_size
         self._sleep = sleep
+        self.budget = budget  # a GitHubBudget: every attempt waits for its points and a slot
         self._local = threading.local()
         self._environment: dict[tuple[str, str], dict] = {}
 
@@ -103,8 +107,9 @@ class HttpClient:
         status = None
         for attempt in range(attempts):
             try:
-                resp = self._session().request(method, url, headers=headers, timeout=self.timeout,
-                                               allow_redirects=True, **kwargs)
+                with self.budget.request(method) if self.budget is not None else nullcontext():
+                    resp = self._session().request(method, url, headers=headers, timeout=self.timeout,
+                                                   allow_redirects=True, **kwargs)
             except requests.Timeout:
                 last, status, wait = f"no answer within {self.timeout:g}s", None, delay
             except requests.ConnectionError as e:

@@ -41,6 +41,9 @@ class Metrics:
                                 registry=r)
         self.webhook_deliveries = Counter("poller_webhook_deliveries_total", "Webhook deliveries by outcome",
                                           ["provider", "outcome"], registry=r)
+        self.effective_interval = Gauge("poller_github_effective_interval_seconds",
+                                        "How long a poll pass over every GitHub repository takes within the request "
+                                        "budget (the configured interval when the budget covers it)", registry=r)
         self.state_writable = Gauge("poller_state_writable",
                                     "1 while the state database takes writes, 0 while the last write failed",
                                     registry=r)

@@ -95,13 +95,18 @@ def docker_host_description() -> str:
 
 class ImageBuilder:
     def __init__(self, settings: Settings, *, docker_factory: Callable[..., docker.DockerClient] | None = None,
-                 http: HttpClient | None = None):
+                 http: HttpClient | None = None, github_budget=None):
         self.settings = settings
         self._docker_factory = docker_factory or docker.from_env
         gh = settings.github
         self.http = http or HttpClient(timeout=gh.timeout_seconds, max_retries=gh.max_retries,
                                        backoff_seconds=gh.backoff_seconds)
-        self.source = SourceFetcher(settings, self.http)
+        # Source tarballs come from the GitHub API: they count against the token's budget; the registry does not.
+        source_http = self.http
+        if github_budget is not None and http is None:
+            source_http = HttpClient(timeout=gh.timeout_seconds, max_retries=gh.max_retries,
+                                     backoff_seconds=gh.backoff_seconds, budget=github_budget)
+        self.source = SourceFetcher(settings, source_http)
         reg = settings.registry
         self.registry = RegistryClient(reg.host, reg.username, str(reg.password) if reg.password else None,
                                        http=self.http)

@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from urllib.parse import quote
 
 import requests
@@ -27,6 +28,7 @@ from polling_server.http import HttpClient, Unreachable, retry_after_seconds, se
 from polling_server.logs import log_event
 from polling_server.planning.model import Observation, RepoState
 from polling_server.sources.base import CursorReader, SourcePoll
+from polling_server.sources.github_budget import BACKGROUND, NORMAL, GitHubBudget
 from polling_server.state import Cursor
 
 log = logging.getLogger(__name__)
@@ -81,17 +83,20 @@ class GitHubSource:
     kind = "github"
 
     def __init__(self, settings: GitHubSettings, http: HttpClient | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, budget: GitHubBudget | None = None):
         self.settings = settings
         self.api = settings.api_url.rstrip("/")
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
                    "User-Agent": "helmsman-cd-poller"}
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
+        self.budget = budget
         self.http = http or HttpClient(timeout=settings.timeout_seconds, max_retries=settings.max_retries,
-                                       backoff_seconds=settings.backoff_seconds, headers=headers)
+                                       backoff_seconds=settings.backoff_seconds, headers=headers, budget=budget)
         if http is not None:
             self.http.headers.update(headers)
+            if budget is not None:
+                self.http.budget = budget
         self._clock = clock
         self._rate_limit_episodes = 0
 
@@ -132,6 +137,8 @@ class GitHubSource:
             resume = now + self.settings.rate_limit_backoff_seconds * 2 ** min(self._rate_limit_episodes - 1, 6)
         else:
             return
+        if self.budget is not None and remaining != "0":
+            self.budget.penalize()  # a secondary limit: slow down for a while after the pause
         raise RateLimited(f"GitHub {what}: rate limited (HTTP {resp.status_code}: {message})", resume)
 
     def _json(self, resp: requests.Response, what: str):
@@ -154,9 +161,17 @@ class GitHubSource:
             base, repo.branch, cursors.cursor(events_key), counter, first=not state.baseline)
         if events_cursor is not None:
             new_cursors[events_key] = events_cursor
+        # Reads the feed asked for go first; a reconcile's own reads take what the budget leaves.
+        led = need_branch or need_tags or not state.baseline
         if reconcile or not state.baseline:
             need_branch = need_tags = True
+        with self.budget.prioritized(NORMAL if led else BACKGROUND) if self.budget else nullcontext():
+            return self._read_refs(repo, base, cursors, new_cursors, counter, need_branch, need_tags, skipped,
+                                   poll_interval)
 
+    def _read_refs(self, repo: RepositorySettings, base: str, cursors: CursorReader, new_cursors: dict,
+                   counter: _Counter, need_branch: bool, need_tags: bool, skipped: list, poll_interval):
+        """The truth: the branch head and the tags (peeled), as far as the feed or a reconcile asks for them."""
         branch_checked, head = False, None
         if need_branch:
             head, cur = self._read_branch(base, repo.branch, cursors.cursor(f"branch:{repo.name}"), counter)

@@ -166,7 +166,8 @@ class WebhookReceiver:
 
     def _trigger(self, provider: str, names: list[str], why: str, delivery: str | None, event: str) -> HookAnswer:
         if not names:
-            log_event(log, "webhook.ignored", "debug", provider=provider, hook_event=event, delivery=delivery, reason=why)
+            log_event(log, "webhook.ignored", "debug", provider=provider, hook_event=event, delivery=delivery,
+                      reason=why)
             return self._answer(provider, "ignored", 202, {"accepted": False, "reason": why})
         for name in names:
             self.poll_now(name)
