@@ -75,6 +75,7 @@ class RepositoryPoller:
         self._started = clock()
         self._points: dict[str, float] = {}  # repo -> GitHub points a poll of it costs (moving average)
         self._budget_short = False
+        self.org_fed: set[str] = set()  # polled on the reconcile interval: an organization feed detects changes
         self.last_cycle_at: float | None = None
 
     # --- scheduled polling (the daemon) -------------------------------------------------------------------
@@ -109,6 +110,11 @@ class RepositoryPoller:
             self._next_due[name] = 0.0
             self._forced.add(name)
 
+    def reconcile_now(self, name: str) -> None:
+        """Make `name` due now for an ordinary poll (an organization feed overflowed): the budget spreads them."""
+        with self._lock:
+            self._next_due[name] = 0.0
+
     def poll_due(self, wait: bool = False) -> CycleReport:
         """Start a poll of every due repository on the pool; with `wait`, wait for them and report."""
         now = self._clock()
@@ -136,8 +142,9 @@ class RepositoryPoller:
                 if repo.name in self._forced:
                     self._next_due[repo.name] = 0.0  # triggered again while it was being polled
                 else:
-                    self._next_due[repo.name] = max(started + self.settings.poll_interval_seconds,
-                                                    self._not_before.get(repo.name, 0.0))
+                    every = (self.settings.reconcile_interval_seconds if repo.name in self.org_fed
+                             else self.settings.poll_interval_seconds)
+                    self._next_due[repo.name] = max(started + every, self._not_before.get(repo.name, 0.0))
                 self._in_flight.discard(repo.name)
         if isinstance(outcome, tuple) and outcome[0].builds and self.on_planned is not None:
             self.on_planned()

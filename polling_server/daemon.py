@@ -77,6 +77,12 @@ class Daemon:
             "github": GitHubSource(gh, budget=self.github_budget),
             "git": GitRemoteSource(),
         })
+        self.org_feeds = None
+        github_source = self.poller.sources.get("github")
+        if gh.org_feeds and isinstance(github_source, GitHubSource) and any(r.repo for r in settings.repositories):
+            from polling_server.sources.org_feed import OrgFeeds
+
+            self.org_feeds = OrgFeeds(settings, github_source, self.store)
         self.poller.on_planned = self._wake_worker
         self._builder = builder
         self._worker = None
@@ -169,6 +175,15 @@ class Daemon:
             return []
         return self.apply_sender.send_due()
 
+    def poll_org_feeds(self) -> list:
+        """Read each organization's feed; the repositories it names are polled now."""
+        if self.org_feeds is None:
+            return []
+        results = self.org_feeds.poll_all(self.trigger_repository, self.poller.reconcile_now)
+        fed = self.org_feeds.fed_repositories()
+        self.poller.org_fed = self.poller.sources["github"].org_fed = fed
+        return results
+
     def move_tags(self) -> list:
         mover = self.tag_mover
         return [] if mover is None else mover.reconcile_all()
@@ -231,6 +246,9 @@ class Daemon:
         first = datetime.now(UTC)  # every job runs once right away, then on its interval
         self.scheduler.add_job(self.tick, "interval", seconds=TICK_SECONDS, id="poll-repositories",
                                next_run_time=first)
+        if self.org_feeds is not None:
+            self.scheduler.add_job(self.poll_org_feeds, "interval", seconds=self.settings.poll_interval_seconds,
+                                   id="poll-org-feeds", next_run_time=first)
         if self.chart_watcher is not None:
             self.scheduler.add_job(self.poll_charts, "interval",
                                    seconds=self.settings.chart_repository.poll_interval_seconds,

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import requests
@@ -47,6 +48,19 @@ class _Counter:
     def __init__(self) -> None:
         self.counted = 0
         self.not_modified = 0
+
+
+@dataclass
+class FeedPage:
+    """What one read of an events feed found: the fresh events (newest first) and the cursor to save."""
+
+    events: list = field(default_factory=list)
+    cursor: Cursor | None = None
+    not_modified: bool = False
+    unreadable: bool = False
+    overflow: bool = False  # the newest event seen last time is no longer in the window
+    poll_interval: float | None = None
+    skipped: list = field(default_factory=list)
 
 
 def relevant_refs(events: list, branch: str) -> tuple[bool, bool, list[str]]:
@@ -99,6 +113,7 @@ class GitHubSource:
                 self.http.budget = budget
         self._clock = clock
         self._rate_limit_episodes = 0
+        self.org_fed: set[str] = set()  # repositories whose changes an organization feed reports (org_feed.py)
 
     # --- HTTP with GitHub's rules --------------------------------------------------------------------------
     def _get(self, url: str, counter: _Counter, cursor: Cursor | None = None, what: str = "") -> requests.Response:
@@ -157,10 +172,15 @@ class GitHubSource:
         base = f"{self.api}/repos/{repo.repo}"
         new_cursors: dict[str, Cursor] = {}
         events_key = f"events:{repo.name}"
-        need_branch, need_tags, skipped, poll_interval, events_cursor = self._read_events(
-            base, repo.branch, cursors.cursor(events_key), counter, first=not state.baseline)
-        if events_cursor is not None:
-            new_cursors[events_key] = events_cursor
+        if repo.name in self.org_fed:
+            # Its organization's feed is the change detector: a poll of it is a trigger or a reconcile.
+            need_branch = need_tags = True
+            skipped, poll_interval = [], None
+        else:
+            need_branch, need_tags, skipped, poll_interval, events_cursor = self._read_events(
+                base, repo.branch, cursors.cursor(events_key), counter, first=not state.baseline)
+            if events_cursor is not None:
+                new_cursors[events_key] = events_cursor
         # Reads the feed asked for go first; a reconcile's own reads take what the budget leaves.
         led = need_branch or need_tags or not state.baseline
         if reconcile or not state.baseline:
@@ -194,47 +214,53 @@ class GitHubSource:
 
     def _read_events(self, base: str, branch: str, cursor: Cursor, counter: _Counter, first: bool):
         """-> (branch changed?, tags changed?, skipped, X-Poll-Interval, new cursor or None)."""
-        url = f"{base}/events?per_page=100"
-        resp = self._get(url, counter, cursor, "events")
+        feed = self.read_feed(f"{base}/events?per_page=100", cursor, counter, first, "events")
+        if feed.not_modified:
+            return False, False, [], feed.poll_interval, None
+        need_branch, need_tags, skipped = relevant_refs(feed.events, branch)
+        if feed.unreadable or feed.overflow:
+            # An unreadable page, or the last event seen is out of the window: events may have been missed, so
+            # look at the refs themselves (an unreadable page keeps the old cursor: nothing is lost).
+            need_branch = need_tags = True
+        return need_branch, need_tags, skipped + feed.skipped, feed.poll_interval, feed.cursor
+
+    def read_feed(self, url: str, cursor: Cursor, counter: _Counter, first: bool, what: str) -> FeedPage:
+        """The events of a feed (a repository's, an organization's) newer than the last one seen, newest first.
+
+        Pagination stops at the newest event seen last time (at most 3 pages: GitHub's window of 300 events).
+        """
+        resp = self._get(url, counter, cursor, what)
         interval = _float(resp.headers.get("X-Poll-Interval"))
         if resp.status_code == 304:
-            return False, False, [], interval, None
-        self._check(resp, "events")
+            return FeedPage(not_modified=True, poll_interval=interval)
+        self._check(resp, what)
         etag = resp.headers.get("ETag")
         last_seen = cursor.value
         newest_id = None
-        need_branch = need_tags = False
-        skipped: list[str] = []
+        fresh: list = []
         found_last = False
         for page in range(MAX_EVENT_PAGES):
             try:
-                events = self._json(resp, "events")
+                events = self._json(resp, what)
                 if not isinstance(events, list):
-                    raise MalformedResponse("GitHub events: the page is not a list")
+                    raise MalformedResponse(f"GitHub {what}: the page is not a list")
             except MalformedResponse as e:
-                # An unreadable page: look at the refs themselves and keep the old cursor, so nothing is lost.
-                return True, True, skipped + [str(e)], interval, None
+                return FeedPage(events=fresh, unreadable=True, skipped=[str(e)], poll_interval=interval)
             if page == 0 and events and isinstance(events[0], dict):
                 newest_id = str(events[0].get("id")) if events[0].get("id") is not None else None
-            fresh = []
             for ev in events:
                 if last_seen is not None and isinstance(ev, dict) and str(ev.get("id")) == last_seen:
                     found_last = True
                     break
                 fresh.append(ev)
-            b, t, s = relevant_refs(fresh, branch)
-            need_branch, need_tags = need_branch or b, need_tags or t
-            skipped.extend(s)
             next_url = _next_link(resp)
             if found_last or first or last_seen is None or not next_url:
                 break
-            resp = self._get(next_url, counter, None, "events")
-            self._check(resp, "events")
-        if last_seen is not None and not found_last and not first:
-            # The last event seen is out of the window: events may have been missed; read the refs.
-            need_branch = need_tags = True
-        new_cursor = Cursor(etag=etag, value=newest_id or last_seen)
-        return need_branch, need_tags, skipped, interval, new_cursor
+            resp = self._get(next_url, counter, None, what)
+            self._check(resp, what)
+        overflow = last_seen is not None and not found_last and not first
+        return FeedPage(events=fresh, cursor=Cursor(etag=etag, value=newest_id or last_seen), overflow=overflow,
+                        poll_interval=interval)
 
     def _read_branch(self, base: str, branch: str, cursor: Cursor, counter: _Counter) -> tuple[str | None, Cursor]:
         what = f"branch {branch}"
