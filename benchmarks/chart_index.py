@@ -21,7 +21,7 @@ import yaml
 
 from benchmarks.common import Goal, Section, Table, fmt_ratio, fmt_s, ratio
 
-INDEX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "helm-index" / \
+INDEX = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "helm-index" / \
     "stakater_stakater-charts_docs_index.yaml"
 _CHART_KEY = re.compile(r"^  ([^\s#][^:]*):\s*$")
 _DIGEST = re.compile(r"^(\s+digest:\s*)([0-9a-f]+)\s*$")

@@ -1,6 +1,6 @@
 """A GitHub-like API for the benchmarks: the events feed, `git/ref/heads/<branch>` and `git/matching-refs/tags`,
 with ETags, 304 answers to a matching If-None-Match and `X-Poll-Interval`, shaped like the real payloads in
-shared/fixtures/github.
+tests/fixtures/github.
 
 `FakeGitHub` is the pure answering logic, on a clock of its own (so time can be simulated). It is served either
 over real HTTP by a separate process (`python -m benchmarks.github_fake`, for measuring the client's CPU alone), or
@@ -29,7 +29,7 @@ from requests.structures import CaseInsensitiveDict
 
 from polling_server.http import HttpClient
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "github"
 BRANCH = "master"
 INITIAL_EVENTS = 30  # what a quiet repository's feed holds (the API's default page size)
 
@@ -39,12 +39,7 @@ def _sha(*parts: object) -> str:
 
 
 def _push_template() -> dict:
-    path = FIXTURES / "events" / "PushEvent_post-2025-10_reduced.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"id": "0", "type": "PushEvent", "actor": {"login": "dev"}, "repo": {"name": "x"},
-            "payload": {"ref": "refs/heads/master", "head": "0" * 40, "before": "0" * 40},
-            "public": True, "created_at": "2026-01-01T00:00:00Z"}
+    return json.loads((FIXTURES / "events" / "PushEvent_post-2025-10_reduced.json").read_text())
 
 
 @dataclass

@@ -38,7 +38,7 @@ class ChartWatcher:
         self.repo_url = safe_url(self.repo.url)
         self.cursor_key = f"chart-index:{self.repo_url}"
 
-    def poll(self, dry_run: bool = False) -> ChartPlan | None:
+    def poll(self) -> ChartPlan | None:
         """Poll once. Returns the plan made from a new index; None when the index was unchanged or could not be
         read. A read failure is logged (`poll.failed`) and swallowed: the state is untouched, the next poll retries.
         """
@@ -63,19 +63,13 @@ class ChartWatcher:
             self.metrics.polls.labels(_SOURCE, "unchanged").inc()
             log_event(log, "charts.unchanged", "debug", repository=self.repo_url,
                       reason="not modified (304)" if fetched.not_modified else "same index hash")
-            if not dry_run:
-                self._save_cursor(stored, fetched.cursor)
+            self._save_cursor(stored, fetched.cursor)
             return None
 
         plan = plan_charts(fetched.index, state, self.repo.charts)
         for d in plan.decisions:
             log_event(log, d.event, d.level, repository=self.repo_url, **d.fields)
         self.metrics.polls.labels(_SOURCE, "ok").inc()
-        if dry_run:
-            log_event(log, "charts.dry_run", repository=self.repo_url, changes=len(plan.changes),
-                      msg="dry run: nothing saved, no apply queued")
-            return plan
-
         if state.baseline and plan.new_state.versions == state.versions:
             # The bytes changed but not the watched (name, version, digest) set: remember the hash only.
             self.store.save_index_hash(self.repo_url, fetched.index_hash)

@@ -75,7 +75,7 @@ class Daemon:
         self.github_budget = GitHubBudget(gh.max_requests_per_minute, gh.max_concurrent_requests)
         self.poller = RepositoryPoller(settings, self.store, self.metrics, sources or {
             "github": GitHubSource(gh, budget=self.github_budget),
-            "git": GitRemoteSource(),
+            "git": GitRemoteSource(settings.git),
         })
         self.org_feeds = None
         github_source = self.poller.sources.get("github")
@@ -166,7 +166,7 @@ class Daemon:
     def poll_charts(self):
         if self.chart_watcher is None:
             return None
-        plan = self.chart_watcher.poll(dry_run=self.dry_run)
+        plan = self.chart_watcher.poll()
         self.metrics.last_cycle.labels("charts").set(time.time())
         return plan
 

@@ -1,10 +1,10 @@
-"""Where the shared real-world fixtures are: `shared/` sits beside this repository's checkout."""
+"""Where the real-world fixtures are: `tests/fixtures/`, inside the repository (see its SOURCES.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GITHUB = FIXTURES / "github"
 STAKATER = FIXTURES / "helm-index" / "stakater_stakater-charts_docs_index.yaml"
 OPENFAAS = FIXTURES / "helm-index" / "openfaas_faas-netes_docs_index.yaml"

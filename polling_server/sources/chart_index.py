@@ -2,8 +2,9 @@
 (name, version) -> digest (parse_index). The poll step that plans from it is chart_watch.py.
 
 Only `GET <url>/index.yaml` is used, which every Helm repository serves (ChartMuseum too, even with its /api routes
-disabled). ETag/Last-Modified are honoured when the server sends them; ChartMuseum sends neither, so the body is
-hashed and an index whose hash was already processed is not parsed again.
+disabled). An ETag is sent back when the server gives one, a Last-Modified only when it can tell versions apart
+(see `validators_to_keep`); ChartMuseum sends neither, so the body is hashed and an index whose hash was already
+processed is not parsed again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import yaml
@@ -32,12 +35,20 @@ _SOURCE = "charts"
 # for every field of every version (urls, maintainers, created...) is what makes yaml.safe_load slow on big indexes.
 _EVENT_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_NULL_TAG = "tag:yaml.org,2002:null"
 _OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
 
 def _is_null(ev: yaml.Event) -> bool:
-    return isinstance(ev, yaml.ScalarEvent) and ev.style is None and ev.value in _NULLS
+    """YAML's null, read as "missing": a plain `~`, `null` or empty scalar, or one tagged `!!null`.
+
+    `implicit[0]` (plain and untagged) is what tells `~` from `"~"` or `!!str null`. The style cannot: libyaml's
+    parser reports a plain scalar's style as '' where the pure-Python one reports None.
+    """
+    if not isinstance(ev, yaml.ScalarEvent):
+        return False
+    return ev.tag == _NULL_TAG or (ev.implicit[0] and ev.value in _NULLS)
 
 
 def _kind(ev: yaml.Event) -> str:
@@ -146,9 +157,9 @@ class _IndexEvents:
 class IndexFetch:
     """One read of index.yaml.
 
-    `cursor` is what to store after this index has been processed: the validators the server sent (ETag,
-    Last-Modified) and, as `value`, `index_hash`. `index` is None when there is nothing new to plan from: the server
-    answered 304 (`not_modified`) or the body hashes to the index already processed.
+    `cursor` is what to store after this index has been processed: the validators worth sending back
+    (`validators_to_keep`) and, as `value`, `index_hash`. `index` is None when there is nothing new to plan from:
+    the server answered 304 (`not_modified`) or the body hashes to the index already processed.
     """
 
     cursor: Cursor
@@ -162,13 +173,15 @@ class IndexFetch:
         return self.index is not None
 
 
-def parse_index(body: bytes | str, watched: tuple[str, ...] = (), where: str = "index.yaml") -> dict[ChartKey, str]:
+def parse_index(body: bytes | str, watched: tuple[str, ...] = (), where: str = "index.yaml",
+                loader: type = _EVENT_LOADER) -> dict[ChartKey, str]:
     """Parse a Helm repository index into (chart name, version) -> digest.
 
     Charts outside `watched` (when given) are skipped without being checked, so a broken entry of a chart nobody
     watches does not stop the watched ones. Raises MalformedResponse naming the chart and entry at fault.
+    `loader` is the YAML event source, libyaml's when installed; either one gives the same result.
     """
-    reader = _IndexEvents(yaml.parse(body, Loader=_EVENT_LOADER), watched, where)
+    reader = _IndexEvents(yaml.parse(body, Loader=loader), watched, where)
     try:
         try:
             return reader.read()
@@ -184,6 +197,32 @@ def parse_index(body: bytes | str, watched: tuple[str, ...] = (), where: str = "
         raise MalformedResponse(f"{where}: not valid YAML: {problem}{at}") from None
     except StopIteration:
         raise MalformedResponse(f"{where}: the document ends early") from None
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)  # `-0000` parses naive; HTTP dates are UTC
+
+
+def validators_to_keep(etag: str | None, last_modified: str | None, date: str | None) -> tuple[str | None, str | None]:
+    """The (ETag, Last-Modified) of a response worth sending back as If-None-Match / If-Modified-Since.
+
+    The ETag when there is one. Otherwise the Last-Modified only if it is at least one second before the response's
+    `Date` (RFC 9110 8.8.2.2): Last-Modified has one-second resolution, so an index written again in the same
+    second as the one served carries the same Last-Modified and would be answered 304 on every later poll. Without
+    a usable validator the body is downloaded and its hash compared, which misses nothing.
+    """
+    if etag:
+        return etag, None
+    modified, served = _http_date(last_modified), _http_date(date)
+    if modified is not None and served is not None and (served - modified).total_seconds() >= 1:
+        return None, last_modified
+    return None, None
 
 
 class ChartIndexSource:
@@ -209,6 +248,10 @@ class ChartIndexSource:
             kwargs["auth"] = (s.username, str(s.password or ""))
         return kwargs
 
+    @staticmethod
+    def _validators(resp) -> tuple[str | None, str | None, str | None]:
+        return resp.headers.get("ETag"), resp.headers.get("Last-Modified"), resp.headers.get("Date")
+
     def fetch(self, cursor: Cursor) -> IndexFetch:
         """Read the index. `cursor` holds the validators last stored and, as `value`, the index hash processed."""
         where = safe_url(self.url)
@@ -216,9 +259,10 @@ class ChartIndexSource:
         # A 304 is useful only when we hold the index it refers to.
         conditional = bool(cursor.value) and bool(cursor.etag or cursor.last_modified)
         if conditional:
+            # With both, a server must ignore If-Modified-Since (RFC 9110 13.2.2): the ETag alone decides.
             if cursor.etag:
                 kwargs["headers"]["If-None-Match"] = cursor.etag
-            if cursor.last_modified:
+            else:
                 kwargs["headers"]["If-Modified-Since"] = cursor.last_modified
         try:
             resp = self.http.get(self.url, **kwargs)
@@ -228,9 +272,10 @@ class ChartIndexSource:
         if resp.status_code == 304:
             if not conditional:
                 raise MalformedResponse(f"GET {where}: answered 304 Not Modified to an unconditional request")
-            new = Cursor(resp.headers.get("ETag") or cursor.etag,
-                         resp.headers.get("Last-Modified") or cursor.last_modified, cursor.value)
-            return IndexFetch(new, True, None, cursor.value, None)
+            etag, modified = validators_to_keep(*self._validators(resp))
+            if not (etag or modified):  # a 304 need not repeat them: the ones that earned it still hold
+                etag, modified = cursor.etag, cursor.last_modified
+            return IndexFetch(Cursor(etag, modified, cursor.value), True, None, cursor.value, None)
         if resp.status_code != 200:
             detail = f": {m}" if (m := server_message(resp)) else ""
             message = f"GET {where}: answered HTTP {resp.status_code}{detail}"
@@ -241,7 +286,7 @@ class ChartIndexSource:
         body = resp.content
         sha256 = hashlib.sha256(body).hexdigest()
         index_hash = sha256 + self._filter_tag
-        new = Cursor(resp.headers.get("ETag"), resp.headers.get("Last-Modified"), index_hash)
+        new = Cursor(*validators_to_keep(*self._validators(resp)), index_hash)
         if index_hash == cursor.value:
             return IndexFetch(new, False, sha256, index_hash, None)
         return IndexFetch(new, False, sha256, index_hash, parse_index(body, self.settings.charts, where))

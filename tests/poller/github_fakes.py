@@ -1,4 +1,4 @@
-"""Helpers to answer like GitHub with `responses`, from the real payloads in shared/fixtures/github."""
+"""Helpers to answer like GitHub with `responses`, from the real payloads in tests/fixtures/github."""
 
 from __future__ import annotations
 

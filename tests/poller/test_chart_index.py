@@ -115,27 +115,162 @@ def test_malformed_indexes_name_the_problem(body, message):
         parse_index(body, where="http://charts.test/index.yaml")
 
 
+# --- nulls, with libyaml's parser and with the pure-Python one -----------------------------------------------
+LOADERS = [
+    pytest.param(getattr(yaml, "CBaseLoader", None), id="libyaml",
+                 marks=pytest.mark.skipif(not hasattr(yaml, "CBaseLoader"), reason="PyYAML built without libyaml")),
+    pytest.param(yaml.BaseLoader, id="pure-python"),
+]
+
+ENTRY = "entries:\n  a:\n  - version: {version}\n    digest: {digest}\n"
+NO_DIGEST = "chart 'a' version '1.0.0' \\(entry 0\\): has no digest"
+NO_VERSION = "chart 'a' entry 0: has no version"
+# (id, body, the index parsed, or the MalformedResponse message expected). Hand-written variants of an index.
+NULLS = [
+    ("digest ~", ENTRY.format(version="1.0.0", digest="~"), NO_DIGEST),
+    ("digest null", ENTRY.format(version="1.0.0", digest="null"), NO_DIGEST),
+    ("digest NULL", ENTRY.format(version="1.0.0", digest="NULL"), NO_DIGEST),
+    ("digest empty", ENTRY.format(version="1.0.0", digest=""), NO_DIGEST),
+    ("digest !!null", ENTRY.format(version="1.0.0", digest="!!null x"), NO_DIGEST),
+    ("version null", ENTRY.format(version="null", digest="aa"), NO_VERSION),
+    ("version ~", ENTRY.format(version="~", digest="aa"), NO_VERSION),
+    ("version Null", ENTRY.format(version="Null", digest="aa"), NO_VERSION),
+    ("flow chart ~", "entries: {web: ~}\n", {}),
+    ("chart null beside a chart",
+     "entries:\n  web: null\n  api:\n  - version: 1.0.0\n    digest: aa\n", {("api", "1.0.0"): "aa"}),
+    ("chart empty", "entries:\n  web:\n", {}),
+    ("entries ~", "apiVersion: v1\nentries: ~\n", {}),
+    ("entries empty", "apiVersion: v1\nentries:\ngenerated: x\n", {}),
+    ("chart name ~", "entries:\n  ~:\n  - version: 1.0.0\n    digest: aa\n",
+     "entries: a chart name must be a non-empty string, got nothing"),
+    # Quoted or tagged as text, the same words are text, kept as written.
+    ("digest quoted ~", ENTRY.format(version="1.0.0", digest='"~"'), {("a", "1.0.0"): "~"}),
+    ("version quoted null", ENTRY.format(version="'null'", digest="aa"), {("a", "null"): "aa"}),
+    ("version !!str null", ENTRY.format(version="!!str null", digest="aa"), {("a", "null"): "aa"}),
+    ("digest !!str ~", ENTRY.format(version="1.0.0", digest="!!str ~"), {("a", "1.0.0"): "~"}),
+]
+
+
+def _outcome(body, loader) -> object:
+    try:
+        return parse_index(body, loader=loader)
+    except MalformedResponse as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize(("body", "expected"), [n[1:] for n in NULLS], ids=[n[0] for n in NULLS])
+def test_nulls_are_missing_values(loader, body, expected):
+    if isinstance(expected, str):
+        with pytest.raises(MalformedResponse, match=expected):
+            parse_index(body, loader=loader)
+    else:
+        assert parse_index(body, loader=loader) == expected
+
+
+# The YAML syntax errors' own wording differs between the two parsers, so "not yaml" is left out; so are the
+# 1.2 MB stakater variants, which take seconds through the pure-Python parser (openfaas is a real index too).
+_SAME = [(n[0], n[1]) for n in NULLS] \
+    + [(m[0], m[1]) for m in MALFORMED if m[0] not in ("not yaml", "real index, no digest")] \
+    + [("openfaas", OPENFAAS.read_text()), ("activiti", ACTIVITI.read_text()),
+       ("chartmuseum empty", CHARTMUSEUM_EMPTY.read_text())]
+
+
+@pytest.mark.skipif(not hasattr(yaml, "CBaseLoader"), reason="PyYAML built without libyaml")
+@pytest.mark.parametrize("body", [b for _, b in _SAME], ids=[i for i, _ in _SAME])
+def test_libyaml_and_pure_python_parse_the_same(body):
+    assert _outcome(body, yaml.CBaseLoader) == _outcome(body, yaml.BaseLoader)
+
+
+def test_a_chart_listed_as_null_does_not_stop_the_poll(rsps):
+    rsps.get(INDEX_URL, body="apiVersion: v1\nentries:\n  web: ~\n  api:\n  - version: 1.0.0\n    digest: aa\n")
+    fetched = source().fetch(Cursor())
+    assert fetched.index == {("api", "1.0.0"): "aa"}
+
+
 # --- the source over HTTP ----------------------------------------------------------------------------------
+MODIFIED = "Wed, 01 Jul 2026 10:00:00 GMT"
+A_MINUTE_LATER = "Wed, 01 Jul 2026 10:01:00 GMT"
+
+
 def test_fetch_parses_and_returns_validators(rsps):
     body = OPENFAAS.read_bytes()
-    rsps.get(INDEX_URL, body=body, headers={"ETag": 'W/"v1"', "Last-Modified": "Wed, 01 Jul 2026 10:00:00 GMT"})
+    rsps.get(INDEX_URL, body=body, headers={"ETag": 'W/"v1"', "Last-Modified": MODIFIED, "Date": A_MINUTE_LATER})
     fetched = source().fetch(Cursor())
     assert fetched.changed and not fetched.not_modified
     assert len(fetched.index) == 372
-    assert fetched.cursor == Cursor('W/"v1"', "Wed, 01 Jul 2026 10:00:00 GMT", fetched.index_hash)
+    # The ETag is kept; Last-Modified is not needed beside it.
+    assert fetched.cursor == Cursor('W/"v1"', None, fetched.index_hash)
     assert fetched.index_hash == fetched.sha256
     # No validators were held, so none were sent.
     sent = rsps.calls[0].request.headers
     assert "If-None-Match" not in sent and "If-Modified-Since" not in sent
 
 
-def test_conditional_request_and_304(rsps):
-    etag, modified = '"abc123"', "Wed, 01 Jul 2026 10:00:00 GMT"
-    rsps.get(INDEX_URL, status=304, match=[matchers.header_matcher({"If-None-Match": etag,
-                                                                     "If-Modified-Since": modified})])
-    fetched = source().fetch(Cursor(etag, modified, "somehash"))
+def test_conditional_request_with_an_etag_and_304(rsps):
+    etag = '"abc123"'
+    rsps.get(INDEX_URL, status=304, match=[matchers.header_matcher({"If-None-Match": etag})])
+    fetched = source().fetch(Cursor(etag, None, "somehash"))
     assert fetched.not_modified and not fetched.changed
-    assert fetched.cursor == Cursor(etag, modified, "somehash")
+    assert fetched.cursor == Cursor(etag, None, "somehash")
+    assert "If-Modified-Since" not in rsps.calls[0].request.headers
+
+
+def test_conditional_request_with_last_modified_and_304(rsps):
+    rsps.get(INDEX_URL, status=304, match=[matchers.header_matcher({"If-Modified-Since": MODIFIED})])
+    fetched = source().fetch(Cursor(None, MODIFIED, "somehash"))
+    assert fetched.not_modified and fetched.cursor == Cursor(None, MODIFIED, "somehash")
+    assert "If-None-Match" not in rsps.calls[0].request.headers
+
+
+def test_an_etag_is_preferred_to_last_modified_when_both_are_held(rsps):
+    etag = '"abc123"'
+    rsps.get(INDEX_URL, status=304, match=[matchers.header_matcher({"If-None-Match": etag})])
+    source().fetch(Cursor(etag, MODIFIED, "somehash"))
+    assert "If-Modified-Since" not in rsps.calls[0].request.headers
+
+
+# (ETag, Last-Modified, Date) of a response -> what is kept to send back.
+VALIDATORS = [
+    ("etag only", ('"e1"', None, None), ('"e1"', None)),
+    ("etag beats last-modified", ('W/"e1"', MODIFIED, A_MINUTE_LATER), ('W/"e1"', None)),
+    ("etag even in the same second", ('"e1"', MODIFIED, MODIFIED), ('"e1"', None)),
+    ("last-modified a minute before date", (None, MODIFIED, A_MINUTE_LATER), (None, MODIFIED)),
+    ("last-modified one second before date", (None, MODIFIED, "Wed, 01 Jul 2026 10:00:01 GMT"), (None, MODIFIED)),
+    ("last-modified in the same second", (None, MODIFIED, MODIFIED), (None, None)),
+    ("last-modified after date (clock skew)", (None, A_MINUTE_LATER, MODIFIED), (None, None)),
+    ("last-modified without date", (None, MODIFIED, None), (None, None)),
+    ("date unreadable", (None, MODIFIED, "yesterday"), (None, None)),
+    ("last-modified unreadable", (None, "yesterday", A_MINUTE_LATER), (None, None)),
+    ("-0000 zone", (None, "Wed, 01 Jul 2026 10:00:00 -0000", A_MINUTE_LATER),
+     (None, "Wed, 01 Jul 2026 10:00:00 -0000")),
+    ("nothing", (None, None, A_MINUTE_LATER), (None, None)),
+]
+
+
+@pytest.mark.parametrize(("headers", "kept"), [v[1:] for v in VALIDATORS], ids=[v[0] for v in VALIDATORS])
+def test_validators_to_keep(headers, kept):
+    assert charts.validators_to_keep(*headers) == kept
+
+
+def test_a_last_modified_from_the_same_second_is_not_sent_back(rsps):
+    body = ACTIVITI.read_bytes()
+    rsps.get(INDEX_URL, body=body, headers={"Last-Modified": MODIFIED, "Date": MODIFIED})
+    rsps.get(INDEX_URL, body=body, headers={"Last-Modified": MODIFIED, "Date": A_MINUTE_LATER})
+    rsps.get(INDEX_URL, status=304, match=[matchers.header_matcher({"If-Modified-Since": MODIFIED})])
+    src = source()
+    first = src.fetch(Cursor())
+    assert first.cursor == Cursor(None, None, first.index_hash)
+    # Nothing to validate with: the body is read again, and now the same Last-Modified is a minute old.
+    second = src.fetch(first.cursor)
+    assert "If-Modified-Since" not in rsps.calls[1].request.headers
+    assert not second.changed and second.cursor == Cursor(None, MODIFIED, first.index_hash)
+    assert src.fetch(second.cursor).not_modified
+
+
+def test_a_304_without_validators_keeps_the_ones_sent(rsps):
+    rsps.get(INDEX_URL, status=304, headers={"Date": A_MINUTE_LATER})
+    assert source().fetch(Cursor(None, MODIFIED, "h")).cursor == Cursor(None, MODIFIED, "h")
 
 
 def test_validators_without_a_processed_index_are_not_sent(rsps):

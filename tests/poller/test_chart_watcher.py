@@ -8,8 +8,12 @@ files, never by editing them.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
+import os
 import re
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import responses
@@ -22,7 +26,7 @@ from polling_server.metrics import Metrics
 from polling_server.planning.model import ChartChange
 from polling_server.sources import chart_index as charts
 from polling_server.sources.chart_index import ChartIndexSource, parse_index
-from polling_server.state import StateStore
+from polling_server.state import SCHEMA_VERSION, Cursor, StateStore
 from tests.fixture_paths import ACTIVITI, CHARTMUSEUM_401, CHARTMUSEUM_EMPTY, OPENFAAS, STAKATER
 
 REPO_URL = "http://chartmuseum.test"
@@ -254,11 +258,106 @@ def test_etag_round_trip(tmp_path, rsps, caplog_info, monkeypatch):
 
 def test_last_modified_is_sent_back(tmp_path, rsps):
     modified = "Wed, 01 Jul 2026 10:00:00 GMT"
-    rsps.get(INDEX_URL, body=ACTIVITI.read_text(), headers={"Last-Modified": modified})
+    rsps.get(INDEX_URL, body=ACTIVITI.read_text(),
+             headers={"Last-Modified": modified, "Date": "Wed, 01 Jul 2026 10:05:00 GMT"})
     rsps.get(INDEX_URL, status=304, match=[matchers.header_matcher({"If-Modified-Since": modified})])
     w = make_watcher(make_settings(tmp_path))
     w.poll()
     assert w.poll() is None
+
+
+class StaticHost:
+    """Python's http.server serving a directory over loopback, as a static Helm repository is served: an index.yaml
+    file, Last-Modified from its mtime, If-Modified-Since answered by comparing whole seconds.
+
+    The `Date` it sends reads `now` (the test's clock), and publishing sets the file's mtime, so "the same second"
+    is decided by the test and not by how fast it runs. Each request is recorded: (If-Modified-Since, status).
+    """
+
+    def __init__(self, root):
+        self.root = root
+        self.now = 0.0
+        self.requests: list[tuple[str | None, int]] = []
+        host = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def date_time_string(self, timestamp=None):
+                return super().date_time_string(host.now if timestamp is None else timestamp)
+
+            def send_response(self, code, message=None):
+                host.requests.append((self.headers.get("If-Modified-Since"), int(code)))
+                super().send_response(code, message)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def publish(self, text: str, mtime: float) -> None:
+        """Replace index.yaml the way a publisher does (write aside, rename), written at `mtime`."""
+        part = self.root / "index.yaml.part"
+        part.write_text(text)
+        os.utime(part, (mtime, mtime))
+        os.replace(part, self.root / "index.yaml")
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=30)
+
+
+def test_an_index_published_in_the_same_second_as_the_last_poll_is_applied(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    second = 1_782_900_000.0  # a whole second (2026-07-01), so +0.1 and +0.6 are in it
+    text = OPENFAAS.read_text()
+    with StaticHost(site) as host:
+        settings = parse_settings({"state_path": str(tmp_path / "state.db"), "chart_repository": {"url": host.url},
+                                   "helm_api": {"url": "http://helm-api.test"}}, env={})
+        w = ChartWatcher(settings, StateStore(settings.state_path), Metrics(),
+                         ChartIndexSource(settings.chart_repository, HttpClient(timeout=30, max_retries=1)))
+        host.publish(text, second + 0.1)
+        host.now = second + 0.2
+        w.poll()  # the baseline
+        host.publish(with_version(text, "cron-connector", "0.7.0"), second + 0.6)  # same Last-Modified second
+        for now in (second + 0.8, second + 2, second + 3, second + 4):
+            host.now = now
+            w.poll()
+
+    assert [[(c.name, c.version) for c in r.changes] for r in w.store.applies()] == [[("cron-connector", "0.7.0")]]
+    state, _ = w.store.chart_state(host.url)
+    assert state.versions[("cron-connector", "0.7.0")] == NEW_DIGEST
+    # A Last-Modified from the second of the response's Date is never sent back; one from an earlier second is,
+    # and then the unchanged index costs a 304.
+    last_modified = host.requests[-1][0]
+    assert last_modified == "Wed, 01 Jul 2026 10:00:00 GMT"
+    assert host.requests == [(None, 200), (None, 200), (None, 200), (last_modified, 304), (last_modified, 304)]
+
+
+def test_validators_saved_before_the_weak_validator_rule_are_dropped_by_the_migration(tmp_path, rsps):
+    # Before `validators_to_keep`, a same-second Last-Modified could be stored and hide a newer index forever; the
+    # schema migration that came with the rule forgets such validators, so they are never sent after an upgrade.
+    text = OPENFAAS.read_text()
+    pushed = with_version(text, "cron-connector", "0.7.0")
+    serve(rsps, text, pushed)
+    settings = make_settings(tmp_path)
+    w = make_watcher(settings)
+    w.poll()
+    _, index_hash = w.store.chart_state(REPO_URL)
+    key = f"chart-index:{REPO_URL}"
+    w.store.save_poll(key, None, {key: Cursor(None, "Wed, 01 Jul 2026 10:00:00 GMT", index_hash)})
+    w.store._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")  # as the release before wrote it
+    w.store.close()
+    upgraded = make_watcher(settings, StateStore(settings.state_path))
+    assert upgraded.store.cursor(key).last_modified is None
+    assert [c.version for c in upgraded.poll().changes] == ["0.7.0"]
+    assert "If-Modified-Since" not in rsps.calls[1].request.headers
 
 
 def test_unchanged_body_without_etag_is_not_parsed_again(tmp_path, rsps, monkeypatch, caplog_info):
@@ -289,16 +388,19 @@ def test_new_bytes_but_same_versions_change_nothing(tmp_path, rsps):
     assert state2 == state and second_hash != first_hash and w.store.applies() == []
 
 
-def test_dry_run_saves_nothing(tmp_path, rsps):
+def test_dry_run_polls_an_in_memory_copy_and_saves_nothing(tmp_path, rsps):
     text = OPENFAAS.read_text()
-    serve(rsps, text, text, headers={"ETag": '"x"'})
-    w = make_watcher(make_settings(tmp_path))
-    assert w.poll(dry_run=True).changes == ()
-    assert w.store.chart_state(REPO_URL) == (w.store.chart_state("nowhere")[0], None)
-    # Nothing was saved, so the next poll sends no validators and records the baseline.
-    w.poll()
-    assert "If-None-Match" not in rsps.calls[1].request.headers
-    assert w.store.chart_state(REPO_URL)[0].baseline
+    serve(rsps, text, with_version(text, "cron-connector", "0.7.0"), headers={"ETag": '"x"'})
+    settings = make_settings(tmp_path)
+    real = make_watcher(settings)
+    real.poll()  # the baseline, on disk
+    real.store.close()
+    # The daemon's dry run hands the watcher a copy of the state in memory: it plans, and writes nothing.
+    dry = make_watcher(settings, StateStore.in_memory_copy(settings.state_path))
+    assert [c.version for c in dry.poll().changes] == ["0.7.0"]
+    assert len(dry.store.applies()) == 1  # queued in memory only; a dry run has no apply sender
+    on_disk = StateStore(settings.state_path)
+    assert on_disk.applies() == [] and ("cron-connector", "0.7.0") not in on_disk.chart_state(REPO_URL)[0].versions
 
 
 # --- restarts ----------------------------------------------------------------------------------------------
