@@ -19,10 +19,11 @@ from importlib import metadata
 from polling_server.config import Settings, load_settings
 from polling_server.errors import ConfigError, PollerError
 from polling_server.logs import setup_logging
+from polling_server.planning.model import BuildStatus
 from polling_server.planning.versions import parse_release_tag
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
-COMMANDS = ("run", "check-config", "status")
+COMMANDS = ("run", "check-config", "status", "rollback", "hold", "unhold", "approve", "reject")
 
 
 def version() -> str:
@@ -60,6 +61,26 @@ def _parser() -> argparse.ArgumentParser:
     command("check-config", "validate the configuration and exit")
     status = command("status", "what is stored: per repository head, latest tag, last build; recent applies")
     status.add_argument("--json", action="store_true", help="print JSON")
+    rb = command("rollback", "move staging (or another mutable tag) back to an earlier build's image, and hold")
+    rb.add_argument("--repo", required=True, help="the repository's name in the configuration")
+    rb.add_argument("--to", required=True, metavar="TARGET",
+                    help="a commit SHA (or 7+ hex digits), a git tag name, or build:ID")
+    rb.add_argument("--tag", default="staging", help="the mutable tag to move (default: staging)")
+    rb.add_argument("--by", help="who does this (default: the user)")
+    rb.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+    h = command("hold", "stop the repository's mutable tags (staging, 1.2, 1) from moving")
+    h.add_argument("--repo", required=True)
+    h.add_argument("--reason")
+    h.add_argument("--by")
+    u = command("unhold", "end a hold: the mutable tags go to the newest built head and release")
+    u.add_argument("--repo", required=True)
+    for name, text in (("approve", "let a gated major release build"), ("reject", "drop a gated major release")):
+        c = command(name, text)
+        c.add_argument("--repo", required=True)
+        c.add_argument("--tag", required=True, help="the git tag, e.g. v2.0.0")
+        c.add_argument("--by")
+        if name == "reject":
+            c.add_argument("--reason")
     return p
 
 
@@ -107,6 +128,8 @@ def _dispatch(args) -> int:
         return EXIT_OK
     if args.command == "status":
         return _status(settings, args.json)
+    if args.command in ("rollback", "hold", "unhold", "approve", "reject"):
+        return _operate(settings, args)
 
     setup_logging(args.log_format or settings.log_format, logging.DEBUG if args.verbose else logging.INFO)
     from polling_server.daemon import Daemon
@@ -125,6 +148,50 @@ def _dispatch(args) -> int:
         daemon.stop()
     _print_once(report, args.dry_run)
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _operate(settings: Settings, args) -> int:
+    from polling_server import operate
+    from polling_server.builds.registry import registry_client_for
+    from polling_server.state import StateStore
+
+    store = StateStore(settings.state_path)
+    try:
+        if args.command == "rollback":
+            result = operate.rollback(settings, store, registry_client_for(settings), args.repo, args.to, args.tag,
+                                      args.by, args.dry_run)
+            b = result.build
+            was = f" (was build #{result.previous.build_id} {result.previous.sha[:12]})" if result.previous else ""
+            verb = "would move" if args.dry_run else "moved"
+            print(f"{verb} {args.repo} :{result.tag} to build #{b.id} {b.kind.value} {b.ref} {b.sha[:12]} "
+                  f"{result.digest}{was}")
+            if not args.dry_run:
+                print(f"{args.repo} is held: merges are built and tagged sha-..., but move no tag until "
+                      f"`polling-server unhold --repo {args.repo}`")
+        elif args.command == "hold":
+            hold = operate.hold(settings, store, args.repo, args.reason, args.by)
+            print(f"{hold.repo} held by {hold.by}" + (f": {hold.reason}" if hold.reason else ""))
+        elif args.command == "unhold":
+            operate.unhold(settings, store, args.repo)
+            moved = _move_tags_now(settings, store, args.repo)
+            print(f"{args.repo} is no longer held" + (": moved " + ", ".join(
+                f":{m.tag} to {m.sha[:12]}" for m in moved) if moved else ""))
+        else:
+            build = operate.decide(settings, store, args.repo, args.tag, args.command == "approve", args.by,
+                                   getattr(args, "reason", None))
+            print(f"{args.repo} {args.tag}: {build.status.value}" + (f" ({build.error})" if build.error else ""))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _move_tags_now(settings: Settings, store, repo: str) -> list:
+    """After a hold ends, bring the tags where they belong at once (the daemon would at its next step)."""
+    from polling_server.builds.registry import registry_client_for
+    from polling_server.builds.tag_mover import TagMover
+    from polling_server.metrics import Metrics
+
+    return TagMover(settings, store, registry_client_for(settings), Metrics()).reconcile(repo)
 
 
 def _print_once(report, dry_run: bool) -> None:
@@ -174,9 +241,17 @@ def _status(settings: Settings, as_json: bool) -> int:
         })
     applies = [{"id": a.id, "status": a.status, "job": a.job, "state": a.job_state, "error": a.last_error,
                 "charts": [c.describe() for c in a.changes]} for a in store.applies(limit=5)]
+    holds = [{"repository": h.repo, "by": h.by, "since": _when(h.at), "reason": h.reason,
+              "rollback": h.rollback_id} for h in store.holds()]
+    rollbacks = [{"id": r["id"], "repository": r["repo"], "tag": r["tag"], "by": r["by"], "at": _when(r["at"]),
+                  "from": r["from_sha"], "to": r["to_sha"], "to_digest": r["to_digest"]}
+                 for r in store.rollbacks(limit=10)]
+    gated = [{"repository": b.repo, "tag": b.ref, "sha": b.sha, "version": b.version, "since": _when(b.created_at)}
+             for b in store.builds(status=BuildStatus.AWAITING_APPROVAL, limit=50)]
     store.close()
     if as_json:
-        print(json.dumps({"repositories": rows, "applies": applies}, indent=2))
+        print(json.dumps({"repositories": rows, "applies": applies, "holds": holds, "rollbacks": rollbacks,
+                          "awaiting_approval": gated}, indent=2))
         return EXIT_OK
     print(f"{'REPOSITORY':30} {'BRANCH':12} {'HEAD':13} {'LATEST TAG':12} LAST BUILD")
     for r in rows:
@@ -188,6 +263,13 @@ def _status(settings: Settings, as_json: bool) -> int:
     for a in applies:
         print(f"apply #{a['id']} {a['status']} job={a['job'] or '-'} {', '.join(a['charts'])}"
               + (f" ({a['error']})" if a["error"] else ""))
+    for h in holds:
+        print(f"held: {h['repository']} since {h['since']} by {h['by']}" + (f": {h['reason']}" if h["reason"] else ""))
+    for r in rollbacks:
+        print(f"rollback #{r['id']}: {r['repository']} :{r['tag']} {(r['from'] or '-')[:12]} -> {r['to'][:12]} "
+              f"by {r['by']} at {r['at']}")
+    for g in gated:
+        print(f"awaiting approval: {g['repository']} {g['tag']} ({g['sha'][:12]}) since {g['since']}")
     return EXIT_OK
 
 

@@ -34,8 +34,9 @@ from polling_server.config import RepositorySettings, Settings
 from polling_server.errors import RateLimited, SourceError
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
-from polling_server.planning.model import BuildRequest
+from polling_server.planning.model import BuildKind, BuildRequest
 from polling_server.planning.planner import plan_repository
+from polling_server.planning.versions import parse_release_tag
 from polling_server.sources.base import RepositorySource
 from polling_server.sources.github_budget import URGENT
 from polling_server.state import StateStore
@@ -234,7 +235,8 @@ class RepositoryPoller:
             if reconcile:
                 self._reconciled_at[repo.name] = now
 
-        plan = plan_repository(repo, polled.observation, state)
+        plan = plan_repository(repo, polled.observation, state,
+                               self._highest_major(repo, state) if repo.approve_major else None)
         for d in plan.decisions:
             log_event(log, d.event, d.level, **d.fields)
         for b in plan.builds:
@@ -252,6 +254,15 @@ class RepositoryPoller:
                     log_event(log, "build.superseded", repo=repo.name, ref=old.ref, sha=old.sha, build=old.id,
                               by=new_id, reason=f"a newer build of {old.ref} was planned")
         return plan, polled.counted_requests, polled.not_modified
+
+    def _highest_major(self, repo: RepositorySettings, state) -> int | None:
+        """The highest released major: stored semver tags (not gated ones) and succeeded release builds."""
+        gated = self.store.gated_tags(repo.name)
+        versions = [parse_release_tag(t) for t in state.tags if t not in gated]
+        versions += [parse_release_tag(b.version or b.ref) for b in self.store.succeeded_builds(repo.name,
+                                                                                               BuildKind.RELEASE)]
+        majors = [v.major for v in versions if v is not None and not v.prerelease]
+        return max(majors) if majors else None
 
     def _account(self, repo: RepositorySettings, budget, points: float) -> None:
         """Track what a pass over every GitHub repository costs, and say when the budget cannot cover it."""

@@ -93,3 +93,10 @@ class StateError(PollerError):
 
 class ServeError(PollerError):
     """The daemon's HTTP endpoint cannot listen (port in use, address not available)."""
+
+
+class OperatorError(PollerError):
+    """An operator's command cannot be carried out (unknown repository or build, digest gone, already held...).
+
+    Nothing was changed; the message says why.
+    """

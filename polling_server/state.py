@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from polling_server.errors import StateError
+from polling_server.errors import OperatorError, StateError
 from polling_server.planning.model import (
     BuildKind,
     BuildRequest,
@@ -125,6 +125,34 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX deliveries_by_time ON deliveries (received_at);
     """,
+    """
+    CREATE TABLE holds (
+        repo TEXT PRIMARY KEY,
+        reason TEXT,
+        held_by TEXT NOT NULL,
+        held_at REAL NOT NULL,
+        rollback_id INTEGER
+    );
+    CREATE TABLE rollbacks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        repo TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        by TEXT NOT NULL,
+        from_build INTEGER,
+        from_sha TEXT,
+        from_digest TEXT,
+        to_build INTEGER NOT NULL,
+        to_sha TEXT NOT NULL,
+        to_digest TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    ALTER TABLE builds ADD COLUMN decided_by TEXT;
+    """,
+    # Chart-index validators saved before the weak-validator rule may hold a Last-Modified from the same second
+    # as the index it came with, which can hide a newer index forever: the next poll downloads the index once.
+    """
+    UPDATE cursors SET etag = NULL, last_modified = NULL WHERE key LIKE 'chart-index:%';
+    """,
 )
 MAX_DELIVERIES = 10_000  # webhook delivery ids kept for deduplication (the oldest are dropped)
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -191,6 +219,25 @@ class TagPosition:
     digest: str
     version: str | None
     moved_at: float
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A repository whose mutable tags must not move: held by an operator, or by a rollback."""
+
+    repo: str
+    reason: str | None
+    by: str
+    at: float
+    rollback_id: int | None
+
+
+def _hold(r: sqlite3.Row) -> Hold:
+    return Hold(r["repo"], r["reason"], r["held_by"], r["held_at"], r["rollback_id"])
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def _statements(script: str) -> list[str]:
@@ -391,6 +438,12 @@ class StateStore:
                 )
                 for build in plan.builds:
                     ids.append(self._enqueue(db, build, max_attempts, now))
+                for tag in plan.deleted_tags:
+                    # A gated release whose tag went away before its approval is dropped, and says why.
+                    db.execute("UPDATE builds SET status = ?, error = ?, finished_at = ? WHERE repo = ? AND kind = ? "
+                               "AND ref = ? AND status = ?",
+                               (BuildStatus.REJECTED.value, "the tag was deleted before approval", now, repo,
+                                BuildKind.RELEASE.value, tag, BuildStatus.AWAITING_APPROVAL.value))
             for key, c in (cursors or {}).items():
                 db.execute(
                     "INSERT INTO cursors (key, etag, last_modified, value, updated_at) VALUES (?, ?, ?, ?, ?) "
@@ -406,19 +459,20 @@ class StateStore:
     # --- builds ------------------------------------------------------------------------------------------
     @staticmethod
     def _enqueue(db: sqlite3.Connection, build: BuildRequest, max_attempts: int, now: float) -> int:
+        status = BuildStatus.AWAITING_APPROVAL if build.gated else BuildStatus.QUEUED
         cur = db.execute(
             "INSERT INTO builds (repo, kind, ref, sha, version, status, max_attempts, next_attempt_at, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (build.repo, build.kind.value, build.ref, build.sha, build.version, BuildStatus.QUEUED.value,
+            (build.repo, build.kind.value, build.ref, build.sha, build.version, status.value,
              max_attempts, now, now),
         )
         new_id = cur.lastrowid
         # A newer build of the same branch (staging) or the same tag (moved tag) makes older waiting ones moot.
         db.execute(
             "UPDATE builds SET status = ?, superseded_by = ?, finished_at = ? "
-            "WHERE repo = ? AND kind = ? AND ref = ? AND id < ? AND status IN (?, ?)",
+            "WHERE repo = ? AND kind = ? AND ref = ? AND id < ? AND status IN (?, ?, ?)",
             (BuildStatus.SUPERSEDED.value, new_id, now, build.repo, build.kind.value, build.ref, new_id,
-             BuildStatus.QUEUED.value, BuildStatus.FAILED.value),
+             BuildStatus.QUEUED.value, BuildStatus.FAILED.value, BuildStatus.AWAITING_APPROVAL.value),
         )
         return new_id
 
@@ -531,6 +585,88 @@ class StateStore:
     def succeeded_builds(self, repo: str, kind: BuildKind) -> list[BuildRecord]:
         return self._builds("WHERE repo = ? AND kind = ? AND status = ? ORDER BY id",
                             (repo, kind.value, BuildStatus.SUCCEEDED.value))
+
+    # --- operators' controls: holds, rollbacks, approvals ------------------------------------------------
+    def hold(self, repo: str) -> Hold | None:
+        rows = self._query("SELECT * FROM holds WHERE repo = ?", (repo,))
+        return _hold(rows[0]) if rows else None
+
+    def holds(self) -> list[Hold]:
+        return [_hold(r) for r in self._query("SELECT * FROM holds ORDER BY held_at")]
+
+    def set_hold(self, repo: str, by: str, reason: str | None, rollback_id: int | None = None,
+                 replace: bool = False) -> Hold:
+        """Hold `repo`: nothing of it moves a mutable tag until `release_hold`. OperatorError if already held
+        (unless `replace`: a deeper rollback while held)."""
+        with self._tx() as db:
+            existing = db.execute("SELECT * FROM holds WHERE repo = ?", (repo,)).fetchone()
+            if existing is not None and not replace:
+                raise OperatorError(f"{repo} is already held (since {_utc(existing['held_at'])} by "
+                                    f"{existing['held_by']}: {existing['reason'] or 'no reason given'})")
+            db.execute("INSERT INTO holds (repo, reason, held_by, held_at, rollback_id) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT(repo) DO UPDATE SET reason = excluded.reason, held_by = excluded.held_by, "
+                       "held_at = excluded.held_at, rollback_id = excluded.rollback_id",
+                       (repo, reason, by, self._clock(), rollback_id))
+        return self.hold(repo)
+
+    def release_hold(self, repo: str) -> Hold:
+        with self._tx() as db:
+            existing = db.execute("SELECT * FROM holds WHERE repo = ?", (repo,)).fetchone()
+            if existing is None:
+                raise OperatorError(f"{repo} is not held")
+            db.execute("DELETE FROM holds WHERE repo = ?", (repo,))
+        return _hold(existing)
+
+    def record_rollback(self, repo: str, tag: str, by: str, previous: TagPosition | None, to: BuildRecord,
+                        digest: str) -> int:
+        """Record a rollback done (the registry already serves `to` under `tag`): its position, and the hold."""
+        now = self._clock()
+        with self._tx() as db:
+            rollback_id = db.execute(
+                "INSERT INTO rollbacks (repo, tag, by, from_build, from_sha, from_digest, to_build, to_sha, "
+                "to_digest, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (repo, tag, by, previous.build_id if previous else None, previous.sha if previous else None,
+                 previous.digest if previous else None, to.id, to.sha, digest, now)).lastrowid
+            db.execute(
+                "INSERT INTO tag_positions (repo, tag, build_id, sha, digest, version, moved_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(repo, tag) DO UPDATE SET build_id = excluded.build_id, "
+                "sha = excluded.sha, digest = excluded.digest, version = excluded.version, "
+                "moved_at = excluded.moved_at", (repo, tag, to.id, to.sha, digest, to.version, now))
+            db.execute("INSERT INTO holds (repo, reason, held_by, held_at, rollback_id) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT(repo) DO UPDATE SET reason = excluded.reason, held_by = excluded.held_by, "
+                       "held_at = excluded.held_at, rollback_id = excluded.rollback_id",
+                       (repo, f"rolled back {tag} to {to.sha[:12]}", by, now, rollback_id))
+        return rollback_id
+
+    def rollbacks(self, repo: str | None = None, limit: int = 20) -> list[dict]:
+        where, args = ("WHERE repo = ?", (repo,)) if repo else ("", ())
+        rows = self._query(f"SELECT * FROM rollbacks {where} ORDER BY id DESC LIMIT ?", (*args, limit))  # noqa: S608
+        return [dict(r) for r in rows]
+
+    def decide_gated(self, repo: str, tag: str, by: str, approve: bool, reason: str | None = None) -> BuildRecord:
+        """Approve (queue) or reject the gated release of `tag`. OperatorError when none waits."""
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM builds WHERE repo = ? AND kind = ? AND ref = ? AND status = ? "
+                             "ORDER BY id DESC LIMIT 1",
+                             (repo, BuildKind.RELEASE.value, tag, BuildStatus.AWAITING_APPROVAL.value)).fetchone()
+            if row is None:
+                raise OperatorError(f"no release of {repo} tag {tag!r} is awaiting approval")
+            if approve:
+                db.execute("UPDATE builds SET status = ?, next_attempt_at = ?, decided_by = ? WHERE id = ?",
+                           (BuildStatus.QUEUED.value, now, by, row["id"]))
+            else:
+                db.execute("UPDATE builds SET status = ?, error = ?, finished_at = ?, decided_by = ? WHERE id = ?",
+                           (BuildStatus.REJECTED.value, f"rejected by {by}: {reason or 'no reason given'}", now, by,
+                            row["id"]))
+        return self.build(row["id"])
+
+    def gated_tags(self, repo: str) -> set[str]:
+        """Tags whose release waits for approval or was rejected: they do not count as released."""
+        rows = self._query("SELECT DISTINCT ref FROM builds WHERE repo = ? AND kind = ? AND status IN (?, ?)",
+                           (repo, BuildKind.RELEASE.value, BuildStatus.AWAITING_APPROVAL.value,
+                            BuildStatus.REJECTED.value))
+        return {r["ref"] for r in rows}
 
     # --- webhook deliveries --------------------------------------------------------------------------------
     def record_delivery(self, key: str) -> bool:

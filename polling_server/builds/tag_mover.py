@@ -36,9 +36,6 @@ class TagMover:
         self.metrics = metrics
         self._lock = threading.Lock()  # one repository's moves at a time: decisions read what the last one wrote
 
-    def frozen_tags(self, repo: RepositorySettings) -> frozenset[str]:
-        """Tags that must not move now (a hold of the repository); none until holds exist."""
-        return frozenset()
 
     def plan(self, repo: RepositorySettings) -> list[TagMove]:
         latest = self.store.latest_build(repo.name, BuildKind.STAGING, repo.branch)
@@ -48,7 +45,7 @@ class TagMover:
                      for t, p in self.store.tag_positions(repo.name).items()}
         kwargs = dict(branch=repo.branch, latest_staging=built_image(latest) if latest else None,
                       releases=releases, floating=repo.floating_tags, positions=positions,
-                      frozen=self.frozen_tags(repo))
+                      on_hold=self.store.hold(repo.name) is not None)  # read each time: `hold` obeys at once
         moves = plan_tag_moves(**kwargs)
         floating = [m.tag for m in moves if m.version is not None]
         if not floating:

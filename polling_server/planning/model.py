@@ -23,6 +23,8 @@ class BuildStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SUPERSEDED = "superseded"
+    AWAITING_APPROVAL = "awaiting_approval"  # a new major release waits for `polling-server approve`
+    REJECTED = "rejected"  # a gated release an operator rejected (or whose tag went away before approval)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class BuildRequest:
     ref: str
     sha: str
     version: str | None = None  # the normalised semver of a release tag ("1.2.3" for tag "v1.2.3")
+    gated: bool = False  # a new major of a repository with approve_major: it waits for an approval
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class RepoPlan:
     builds: tuple[BuildRequest, ...]
     new_state: RepoState
     decisions: tuple[Decision, ...]
+    deleted_tags: tuple[str, ...] = ()
 
 
 # --- charts -------------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ Repository rules (see README, "What gets built"):
 - A tag that is new and names a semver version: one release build of the commit it points to. A tag that moved to
   another commit: rebuilt, with a warning. A deleted tag plans nothing. A tag that is not semver: ignored, logged
   once when first seen.
+- `approve_major`: a release whose major is higher than the highest released major (`highest_major`: stored
+  semver tags and successful release builds, pre-releases never counting; None when nothing was released yet)
+  is planned gated: it waits for an approval (`release.awaiting_approval`). The first release is not gated, and
+  neither is a pre-release of a new major (it moves no floating tag).
 Events and reconciliation both end here as an `Observation`, and both compare against the same stored state, so
 the same commit or tag is never planned twice.
 
@@ -37,7 +41,8 @@ from polling_server.planning.model import (
 from polling_server.planning.versions import parse_release_tag
 
 
-def plan_repository(repo: RepositorySettings, observed: Observation, state: RepoState) -> RepoPlan:
+def plan_repository(repo: RepositorySettings, observed: Observation, state: RepoState,
+                    highest_major: int | None = None) -> RepoPlan:
     """Turn one poll's observation of `repo` into builds and the state to save with them."""
     if not state.baseline:
         return _plan_baseline(repo, observed)
@@ -74,11 +79,19 @@ def plan_repository(repo: RepositorySettings, observed: Observation, state: Repo
             if previous is not None:
                 decisions.append(Decision("tag.moved", {
                     "repo": repo.name, "ref": name, "sha": sha, "previous_sha": previous}, "warning"))
-            builds.append(BuildRequest(repo.name, BuildKind.RELEASE, name, sha, str(version)))
-            decisions.append(Decision("build.planned", {
-                "repo": repo.name, "kind": "release", "ref": name, "sha": sha, "version": str(version)}))
+            gated = (repo.approve_major and highest_major is not None and not version.prerelease
+                     and version.major > highest_major)
+            builds.append(BuildRequest(repo.name, BuildKind.RELEASE, name, sha, str(version), gated=gated))
+            if gated:
+                decisions.append(Decision("release.awaiting_approval", {
+                    "repo": repo.name, "ref": name, "sha": sha, "version": str(version),
+                    "highest_released_major": highest_major}, "warning"))
+            else:
+                decisions.append(Decision("build.planned", {
+                    "repo": repo.name, "kind": "release", "ref": name, "sha": sha, "version": str(version)}))
 
-    return RepoPlan(tuple(builds), RepoState(True, head, tags), tuple(decisions))
+    deleted = tuple(sorted(set(state.tags) - set(observed.tags))) if observed.tags is not None else ()
+    return RepoPlan(tuple(builds), RepoState(True, head, tags), tuple(decisions), deleted)
 
 
 def _plan_baseline(repo: RepositorySettings, observed: Observation) -> RepoPlan:

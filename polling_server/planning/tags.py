@@ -9,7 +9,8 @@ registry manifest PUT, which build's image each mutable tag serves. The rules:
 - `1.2` and `1` follow the highest released version (pre-releases never count) among the succeeded release builds;
   a re-built tag (the tag moved) wins over its older build. They never move back: not below the position recorded,
   nor below the version the registry says the tag holds now (`held`, read from its version label).
-- A hold (release-safety controls) names the tags that must not move: those stay where they are.
+- A held repository (an operator's hold, or a rollback) moves no mutable tag at all until the hold ends; then the
+  same rules bring `staging` and the floating tags to the newest built head and release.
 """
 
 from __future__ import annotations
@@ -86,12 +87,15 @@ def floating_targets(releases: Iterable[BuiltImage]) -> dict[str, tuple[semver.V
 def plan_tag_moves(*, branch: str, latest_staging: BuiltImage | None, releases: Iterable[BuiltImage],
                    floating: bool, positions: Mapping[str, Position],
                    held: Mapping[str, semver.Version | None] | None = None,
-                   frozen: Iterable[str] = ()) -> list[TagMove]:
+                   frozen: Iterable[str] = (), on_hold: bool = False) -> list[TagMove]:
     """The mutable-tag moves that bring the registry to the rules above.
 
     `positions`: where each tag was last moved. `held`: the version each floating tag's image carries in the
-    registry now, when known (a guard for a lost or older state). `frozen`: tags a hold keeps where they are.
+    registry now, when known (a guard for a lost or older state). `frozen`: tags to keep where they are;
+    `on_hold`: keep every tag where it is.
     """
+    if on_hold:
+        return []
     frozen = set(frozen)
     held = held or {}
     moves: list[TagMove] = []
