@@ -59,6 +59,15 @@ class BuildSettings:
     retries: int = 2
     retry_backoff_seconds: float = 30.0
     workdir: str | None = None
+    max_source_bytes: int = 2 << 30  # the expanded source tree of one build (a GitHub tarball)
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    """`url:` repositories: how long one `git ls-remote` may take, and how many refs it may list."""
+
+    ls_remote_timeout_seconds: float = 60.0
+    max_refs: int = 100000
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,7 @@ class RepositorySettings:
     build_args: Mapping[str, str] = field(default_factory=dict)
     floating_tags: bool = False
     initial_build: bool = False
+    approve_major: bool = False  # a new major release waits for `polling-server approve`
 
     @property
     def kind(self) -> str:
@@ -132,6 +142,7 @@ class Settings:
     max_concurrent_polls: int = 16
     log_format: str = "text"
     github: GitHubSettings = field(default_factory=GitHubSettings)
+    git: GitSettings = field(default_factory=GitSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     builds: BuildSettings = field(default_factory=BuildSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -268,6 +279,7 @@ def _repository(r: _Reader) -> RepositorySettings:
         build_args={str(k): r._expand(k, str(v)) for k, v in build_args.items()},
         floating_tags=r.get("floating_tags", bool, False),
         initial_build=r.get("initial_build", bool, False),
+        approve_major=r.get("approve_major", bool, False),
     )
     r.done()
     return settings
@@ -342,8 +354,17 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         retries=b.get("retries", int, 2, _non_negative),
         retry_backoff_seconds=b.get("retry_backoff_seconds", float, 30.0, _non_negative),
         workdir=b.get("workdir", str, None),
+        max_source_bytes=b.get("max_source_bytes", int, BuildSettings.max_source_bytes, _positive),
     )
     b.done()
+
+    g = top.child("git")
+    git = GitSettings(
+        ls_remote_timeout_seconds=g.get("ls_remote_timeout_seconds", float, GitSettings.ls_remote_timeout_seconds,
+                                        _positive),
+        max_refs=g.get("max_refs", int, GitSettings.max_refs, _positive),
+    )
+    g.done()
 
     h = top.child("http")
     http = HttpSettings(
@@ -412,6 +433,7 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         log_format=top.get("log_format", str, "text",
                            lambda v: None if v in ("text", "json") else "must be text or json"),
         github=github,
+        git=git,
         registry=registry,
         builds=builds,
         http=http,
