@@ -153,6 +153,38 @@ MIGRATIONS: tuple[str, ...] = (
     """
     UPDATE cursors SET etag = NULL, last_modified = NULL WHERE key LIKE 'chart-index:%';
     """,
+    # Visibility: per-build logs (chunks at their byte offset in the build's output), what was last reported of
+    # each build and apply (commit statuses, notifications), the outbox those reports go through; and the
+    # reference a build backend keeps for a build (a Kubernetes Job's name).
+    """
+    CREATE TABLE build_logs (
+        build_id INTEGER NOT NULL,
+        pos INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (build_id, pos)
+    );
+    ALTER TABLE builds ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE builds ADD COLUMN log_kept_from INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE builds ADD COLUMN log_complete INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE builds ADD COLUMN reported_status TEXT;
+    ALTER TABLE builds ADD COLUMN backend_ref TEXT;
+    ALTER TABLE applies ADD COLUMN reported_state TEXT;
+    ALTER TABLE applies ADD COLUMN job_followed_at REAL;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL UNIQUE,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+    """,
 )
 MAX_DELIVERIES = 10_000  # webhook delivery ids kept for deduplication (the oldest are dropped)
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -238,6 +270,37 @@ def _hold(r: sqlite3.Row) -> Hold:
 
 def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One report to send: a commit status (`channel` "commit_status", `target` the repository) or a notification
+    (`channel` "notification", `target` the notification target). `dedupe_key` makes it at most once per change."""
+
+    channel: str
+    target: str
+    dedupe_key: str
+    payload: dict
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    channel: str
+    target: str
+    dedupe_key: str
+    payload: dict
+    status: str  # pending | sent | failed
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+
+
+def _outbox(r: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(r["id"], r["channel"], r["target"], r["dedupe_key"], json.loads(r["payload"]), r["status"],
+                     r["attempts"], r["next_attempt_at"], r["last_error"], r["created_at"], r["sent_at"])
 
 
 def _statements(script: str) -> list[str]:
@@ -667,6 +730,127 @@ class StateStore:
                            (repo, BuildKind.RELEASE.value, BuildStatus.AWAITING_APPROVAL.value,
                             BuildStatus.REJECTED.value))
         return {r["ref"] for r in rows}
+
+    # --- build logs --------------------------------------------------------------------------------------
+    def append_log(self, build_id: int, text: str, max_bytes: int) -> None:
+        """Append a batch of a build's output; only the last `max_bytes` (in UTF-8) are kept."""
+        if not text:
+            return
+        size = len(text.encode())
+        with self._tx() as db:
+            row = db.execute("SELECT log_bytes FROM builds WHERE id = ?", (build_id,)).fetchone()
+            if row is None:
+                return
+            offset = row["log_bytes"]
+            db.execute("INSERT OR REPLACE INTO build_logs (build_id, pos, text) VALUES (?, ?, ?)",
+                       (build_id, offset, text))
+            end = offset + size
+            keep_from = max(0, end - max_bytes)
+            # Drop whole chunks that end before the kept window (the newest chunk always stays).
+            db.execute("DELETE FROM build_logs WHERE build_id = ? AND pos < ? AND pos + length(CAST(text AS "
+                       "BLOB)) <= ?", (build_id, offset, keep_from))
+            first = db.execute("SELECT MIN(pos) AS o FROM build_logs WHERE build_id = ?",
+                               (build_id,)).fetchone()["o"]
+            db.execute("UPDATE builds SET log_bytes = ?, log_kept_from = ? WHERE id = ?",
+                       (end, first if first is not None else end, build_id))
+
+    def complete_log(self, build_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE builds SET log_complete = 1 WHERE id = ?", (build_id,))
+
+    def read_log(self, build_id: int, offset: int = 0) -> tuple[str, int, bool, bool]:
+        """(text from `offset`, the next offset, complete?, cut?) of a build's log. `cut`: the text before the
+        kept window was dropped (the log is bounded, keeping the end); the text then starts where it was kept."""
+        rows = self._query("SELECT log_bytes, log_kept_from, log_complete FROM builds WHERE id = ?", (build_id,))
+        if not rows:
+            raise OperatorError(f"there is no build {build_id}")
+        total, kept_from, complete = rows[0]["log_bytes"], rows[0]["log_kept_from"], bool(rows[0]["log_complete"])
+        cut = offset < kept_from
+        start = max(offset, kept_from)
+        parts = []
+        for r in self._query("SELECT pos, text FROM build_logs WHERE build_id = ? ORDER BY pos", (build_id,)):
+            data = r["text"].encode()
+            if r["pos"] + len(data) <= start:
+                continue
+            parts.append(data[max(0, start - r["pos"]):])
+        text = b"".join(parts).decode(errors="replace")
+        return text, total, complete, cut
+
+    # --- reports: commit statuses and notifications, through the outbox ------------------------------------
+    def builds_to_report(self, limit: int = 100) -> list[BuildRecord]:
+        """Builds whose status changed since it was last reported (the reporter's input)."""
+        return self._builds("WHERE reported_status IS NOT status ORDER BY id LIMIT ?", (limit,))
+
+    def applies_to_report(self, limit: int = 100) -> list[ApplyRecord]:
+        return self._applies("WHERE job_state IS NOT NULL AND reported_state IS NOT job_state ORDER BY id LIMIT ?",
+                             (limit,))
+
+    def record_reports(self, *, build: BuildRecord | None = None, apply: ApplyRecord | None = None,
+                       items: list[OutboxItem] = ()) -> int:
+        """In one transaction: queue `items` in the outbox (a dedupe key already there is skipped) and mark what
+        they report as reported. Returns how many rows were queued."""
+        now = self._clock()
+        queued = 0
+        with self._tx() as db:
+            for item in items:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO outbox (channel, target, dedupe_key, payload, status, next_attempt_at, "
+                    "created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                    (item.channel, item.target, item.dedupe_key, json.dumps(item.payload), now, now))
+                queued += cur.rowcount
+            if build is not None:
+                db.execute("UPDATE builds SET reported_status = ? WHERE id = ?", (build.status.value, build.id))
+            if apply is not None:
+                db.execute("UPDATE applies SET reported_state = ? WHERE id = ?", (apply.job_state, apply.id))
+        return queued
+
+    def due_outbox(self, channel: str | None = None, limit: int = 50) -> list[OutboxRow]:
+        where = "status = 'pending' AND next_attempt_at <= ?"
+        args: tuple = (self._clock(),)
+        if channel:
+            where += " AND channel = ?"
+            args += (channel,)
+        rows = self._query(f"SELECT * FROM outbox WHERE {where} ORDER BY id LIMIT ?", (*args, limit))  # noqa: S608
+        return [_outbox(r) for r in rows]
+
+    def outbox(self, channel: str | None = None, limit: int = 100) -> list[OutboxRow]:
+        where, args = ("WHERE channel = ?", (channel,)) if channel else ("", ())
+        rows = self._query(f"SELECT * FROM outbox {where} ORDER BY id DESC LIMIT ?", (*args, limit))  # noqa: S608
+        return [_outbox(r) for r in rows]
+
+    def outbox_attempted(self, item_id: int) -> None:
+        """Count an attempt before sending (at most one duplicate after a crash mid-send)."""
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (item_id,))
+
+    def outbox_sent(self, item_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET status = 'sent', sent_at = ?, last_error = NULL WHERE id = ?",
+                       (self._clock(), item_id))
+
+    def outbox_retry(self, item_id: int, error: str, retry_in: float | None) -> None:
+        """A failed send: due again after `retry_in` seconds, or failed for good when it is None."""
+        with self._tx() as db:
+            if retry_in is None:
+                db.execute("UPDATE outbox SET status = 'failed', last_error = ? WHERE id = ?", (error[:1000], item_id))
+            else:
+                db.execute("UPDATE outbox SET last_error = ?, next_attempt_at = ? WHERE id = ?",
+                           (error[:1000], self._clock() + retry_in, item_id))
+
+    def set_apply_job_state(self, apply_id: int, job_state: str) -> None:
+        """What `GET /apply/<job>` said of an accepted apply's Job (running, succeeded, failed, unknown...)."""
+        with self._tx() as db:
+            db.execute("UPDATE applies SET job_state = ?, job_followed_at = ? WHERE id = ?",
+                       (job_state, self._clock(), apply_id))
+
+    def set_backend_ref(self, build_id: int, ref: str | None) -> None:
+        """The backend's own name for a build (a Kubernetes Job), kept so a restarted poller can adopt it."""
+        with self._tx() as db:
+            db.execute("UPDATE builds SET backend_ref = ? WHERE id = ?", (ref, build_id))
+
+    def backend_ref(self, build_id: int) -> str | None:
+        rows = self._query("SELECT backend_ref FROM builds WHERE id = ?", (build_id,))
+        return rows[0]["backend_ref"] if rows else None
 
     # --- webhook deliveries --------------------------------------------------------------------------------
     def record_delivery(self, key: str) -> bool:
