@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class GitHubSettings:
     max_requests_per_minute: float = 600.0  # points (GET 1, POST 5); GitHub's secondary limit is 900
     max_concurrent_requests: int = 10  # across all GitHub work; GitHub's limit is 100
     org_feeds: bool = False
+    commit_statuses: bool | None = None  # None: on when a token is configured
+    status_context_prefix: str = "helmsman-cd"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,25 @@ class BuildSettings:
     retry_backoff_seconds: float = 30.0
     workdir: str | None = None
     max_source_bytes: int = 2 << 30  # the expanded source tree of one build (a GitHub tarball)
+    log_max_bytes: int = 2 << 20  # each build's log keeps its last 2 MiB
+    keep: int = 200  # builds kept per repository (with their logs); never one a tag, hold or rollback names
+    backend: str = "docker"  # docker | kubernetes
+    kubernetes: KubernetesBuildSettings | None = None
+
+
+@dataclass(frozen=True)
+class KubernetesBuildSettings:
+    """`builds.kubernetes`: each build is one Job running rootless BuildKit in `namespace`."""
+
+    namespace: str = "cd-builds"
+    image: str = "moby/buildkit:v0.23.2-rootless"
+    init_image: str = "alpine/git:2.47.2"
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    docker_config_secret: str = "registry-push"  # noqa: S105 - the name of a kubernetes.io/dockerconfigjson Secret
+    source_token_secret: str | None = None  # a Secret with key `token`, for private sources
+    ttl_seconds_after_finished: int = 3600
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,19 @@ class HttpSettings:
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = 8081
+    read_token: Secret | None = None  # when set, the status page and its API need it
+    public_url: str | None = None  # where people reach the page (links in statuses and notifications)
+
+
+@dataclass(frozen=True)
+class NotificationTarget:
+    """One place notifications go: `url` is a secret (from the environment); `events` are log event names."""
+
+    name: str
+    url: Secret
+    format: str = "slack"  # slack | json
+    events: tuple[str, ...] = ()
+    secret: Secret | None = None  # json: HMAC-SHA256 of the body in X-Signature-256
 
 
 @dataclass(frozen=True)
@@ -126,6 +160,10 @@ class RepositorySettings:
     floating_tags: bool = False
     initial_build: bool = False
     approve_major: bool = False  # a new major release waits for `polling-server approve`
+    backend: str | None = None  # overrides builds.backend for this repository
+    platforms: tuple[str, ...] = ()  # kubernetes backend: multi-arch (linux/amd64, linux/arm64)
+    cache: str | None = None  # kubernetes backend: "registry" (a :buildcache tag)
+    build_secrets: Mapping[str, str] = field(default_factory=dict)  # kubernetes backend: id -> Secret name
 
     @property
     def kind(self) -> str:
@@ -147,6 +185,7 @@ class Settings:
     builds: BuildSettings = field(default_factory=BuildSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    notifications: tuple[NotificationTarget, ...] = ()
     chart_repository: ChartRepositorySettings | None = None
     helm_api: HelmApiSettings | None = None
 
@@ -280,6 +319,10 @@ def _repository(r: _Reader) -> RepositorySettings:
         floating_tags=r.get("floating_tags", bool, False),
         initial_build=r.get("initial_build", bool, False),
         approve_major=r.get("approve_major", bool, False),
+        backend=r.get("backend", str, None, _backend),
+        platforms=tuple(_string_list(r, "platforms", r"^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$")),
+        cache=r.get("cache", str, None, lambda v: None if v == "registry" else "must be registry"),
+        build_secrets=_string_map(r, "build_secrets"),
     )
     r.done()
     return settings
@@ -301,6 +344,67 @@ def _secrets(r: _Reader, key: str) -> tuple[Secret, ...]:
             r.fail("must be a string of at least 8 characters (or a list of two)", key)
         found.append(Secret(value))
     return tuple(found)
+
+
+def _backend(v: str) -> str | None:
+    return None if v in ("docker", "kubernetes") else "must be docker or kubernetes"
+
+
+def _string_list(r: _Reader, key: str, pattern: str) -> list[str]:
+    items = r.get(key, list, [])
+    for item in items:
+        if not isinstance(item, str) or not re.match(pattern, item):
+            r.fail(f"{item!r} is not valid here", key)
+    return items
+
+
+def _string_map(r: _Reader, key: str) -> dict[str, str]:
+    items = r.get(key, dict, {})
+    for k, v in items.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not re.match(r"^[A-Za-z0-9_.-]+$", k):
+            r.fail(f"{k}: must map names to strings", key)
+    return dict(items)
+
+
+def _kubernetes_builds(k: _Reader | None) -> KubernetesBuildSettings | None:
+    if k is None:
+        return None
+    d = KubernetesBuildSettings()
+    tolerations = k.get("tolerations", list, [])
+    if not all(isinstance(t, dict) for t in tolerations):
+        k.fail("must be a list of mappings", "tolerations")
+    settings = KubernetesBuildSettings(
+        namespace=k.get("namespace", str, d.namespace),
+        image=k.get("image", str, d.image),
+        init_image=k.get("init_image", str, d.init_image),
+        resources=k.get("resources", dict, {}),
+        node_selector=_string_map(k, "node_selector"),
+        tolerations=tuple(tolerations),
+        docker_config_secret=k.get("docker_config_secret", str, d.docker_config_secret),
+        source_token_secret=k.get("source_token_secret", str, None),
+        ttl_seconds_after_finished=k.get("ttl_seconds_after_finished", int, d.ttl_seconds_after_finished,
+                                         _non_negative),
+    )
+    k.done()
+    return settings
+
+
+def _notifications(top: _Reader) -> tuple[NotificationTarget, ...]:
+    raw = top.get("notifications", list, [])
+    targets = []
+    for i, item in enumerate(raw):
+        n = _Reader(top.source, f"notifications[{i}]", item, top.env)
+        events = _string_list(n, "events", r"^[a-z_]+\.[a-z_]+$")
+        target = NotificationTarget(
+            name=n.get("name", str, f"notification-{i}"),
+            url=Secret(n.get("url", str, check=_http_url)),
+            format=n.get("format", str, "slack", lambda v: None if v in ("slack", "json") else "must be slack or json"),
+            events=tuple(events),
+            secret=n.secret("secret"),
+        )
+        n.done()
+        targets.append(target)
+    return tuple(targets)
 
 
 def _webhooks(r: _Reader) -> WebhookSettings:
@@ -336,6 +440,10 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         max_concurrent_requests=gh.get("max_concurrent_requests", int, 10,
                                        lambda v: None if 1 <= v <= 100 else "must be between 1 and 100"),
         org_feeds=gh.get("org_feeds", bool, False),
+        commit_statuses=gh.get("commit_statuses", bool, None),
+        status_context_prefix=gh.get("status_context_prefix", str, "helmsman-cd",
+                                     lambda v: None if re.match(r"^[A-Za-z0-9_./-]{1,80}$", v) else
+                                     "must be 1-80 letters, digits, _ . / -"),
     )
     gh.done()
 
@@ -355,8 +463,15 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         retry_backoff_seconds=b.get("retry_backoff_seconds", float, 30.0, _non_negative),
         workdir=b.get("workdir", str, None),
         max_source_bytes=b.get("max_source_bytes", int, BuildSettings.max_source_bytes, _positive),
+        log_max_bytes=b.get("log_max_bytes", int, BuildSettings.log_max_bytes,
+                            lambda v: None if 4096 <= v <= 1 << 30 else "must be between 4096 and 1 GiB"),
+        keep=b.get("keep", int, BuildSettings.keep, lambda v: None if v >= 10 else "must be 10 or more"),
+        backend=b.get("backend", str, "docker", _backend),
+        kubernetes=_kubernetes_builds(b.child("kubernetes", optional=True)),
     )
     b.done()
+    if builds.backend == "kubernetes" and builds.kubernetes is None:
+        builds = replace(builds, kubernetes=KubernetesBuildSettings())
 
     g = top.child("git")
     git = GitSettings(
@@ -371,8 +486,11 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         enabled=h.get("enabled", bool, True),
         host=h.get("host", str, "0.0.0.0"),
         port=h.get("port", int, 8081, lambda v: None if 0 <= v < 65536 else "must be a TCP port (0-65535)"),
+        read_token=h.secret("read_token"),
+        public_url=(h.get("public_url", str, None, _http_url) or "").rstrip("/") or None,
     )
     h.done()
+    notifications = _notifications(top)
 
     webhooks = _webhooks(top.child("webhooks"))
 
@@ -415,6 +533,14 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
     repositories = []
     for i, item in enumerate(raw_repos):
         repositories.append(_repository(_Reader(source, f"repositories[{i}]", item, env)))
+    for i, r in enumerate(repositories):
+        if (r.backend or builds.backend) == "docker":
+            for key, value in (("platforms", r.platforms), ("cache", r.cache), ("build_secrets", r.build_secrets)):
+                if value:
+                    top.fail(f"{key} needs the kubernetes build backend (BuildKit); the docker backend cannot do it",
+                             f"repositories[{i}].{key}")
+        if r.backend == "kubernetes" and builds.kubernetes is None:
+            builds = replace(builds, kubernetes=KubernetesBuildSettings())
     names = [r.name for r in repositories]
     for n in names:
         if names.count(n) > 1:
@@ -438,6 +564,7 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         builds=builds,
         http=http,
         webhooks=webhooks,
+        notifications=notifications,
         chart_repository=chart_repository,
         helm_api=helm_api,
     )
