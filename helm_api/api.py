@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from helm_api.backend import JobBackend
 from helm_api.config import Settings
 from helm_api.errors import BadRequestError, HelmApiError, NotReadyError, UnauthorizedError
+from helm_api.logs import event_fields
 from helm_api.metrics import CONTENT_TYPE_LATEST, ApplyMetrics
 from helm_api.reconciler import Reconciler
 from helm_api.service import ApplyService
@@ -68,7 +69,11 @@ def require_token(view: Callable[..., Any]) -> Callable[..., Any]:
 def _read_apply_body() -> tuple[str, str | None]:
     if not request.get_data():
         return "", None
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError as e:
+        # The json module refuses very deep nesting with RecursionError, which `silent` does not cover.
+        raise BadRequestError("the request body is nested too deeply") from e
     if body is None:
         raise BadRequestError("the request body is not JSON")
     if not isinstance(body, dict):
@@ -163,7 +168,13 @@ def handle_error(error: Exception) -> tuple[Response, int] | Response:
     """The one error handler: every error becomes JSON ``{"error": ...}``; never a traceback."""
     if isinstance(error, HelmApiError):
         if error.status >= 500:
-            log.warning("request failed: %s %s: %s", request.method, request.path, error.message)
+            log.warning(
+                "request failed: %s %s: %s",
+                request.method,
+                request.path,
+                error.message,
+                extra=event_fields("request.failed", method=request.method, path=request.path, status=error.status),
+            )
         response = jsonify(error.to_dict())
         response.status_code = error.status
         if error.status == 401:
@@ -175,7 +186,12 @@ def handle_error(error: Exception) -> tuple[Response, int] | Response:
         response = jsonify({"error": error.description or error.name})
         response.status_code = error.code or 500
         return response
-    log.exception("unexpected error on %s %s", request.method, request.path)
+    log.exception(
+        "unexpected error on %s %s",
+        request.method,
+        request.path,
+        extra=event_fields("request.error", method=request.method, path=request.path),
+    )
     return jsonify({"error": "internal error"}), 500
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from flask import Flask
 from helm_api.api import HelmApiState, register
 from helm_api.backend import JobBackend
 from helm_api.config import Settings, load_settings
+from helm_api.logs import event_fields
 from helm_api.metrics import ApplyMetrics
 from helm_api.reconciler import Reconciler
 from helm_api.service import ApplyService
@@ -68,15 +68,13 @@ def create_app(
         settings.cronjob_name,
         settings.offline,
         settings.allow_anonymous,
+        extra=event_fields(
+            "app.ready",
+            namespace=settings.namespace,
+            cronjob=settings.cronjob_name,
+            offline=settings.offline,
+            anonymous=settings.allow_anonymous,
+        ),
     )
     return app
 
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """One line per event on stderr, unless the host (e.g. gunicorn) configured logging already."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    logging.getLogger("helm_api").setLevel(level)

@@ -11,6 +11,12 @@ Variables:
     HELM_API_OFFLINE_CRONJOB_FILE         offline mode: read the CronJob from this YAML file, create nothing
     HELM_API_OFFLINE_JOBS_DIR             offline mode: also write each Job as YAML into this directory
     KUBECONFIG                            used when not in-cluster (else ~/.kube/config)
+
+Read for the ``helm-api`` command only (helm_api.cli), each by its own function:
+    HELM_API_LOG_FORMAT                   text (default) or json
+    HELM_API_THREADS                      requests served at once, default 4
+    HELM_API_CONNECTION_LIMIT             connections open at once, default 256
+    HELM_API_IDLE_TIMEOUT_SECONDS         close a connection silent for this long, default 30
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helm_api.errors import ConfigError
+from helm_api.logs import LOG_FORMATS
+from helm_api.server import ServerSettings
 
 SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_CRONJOB = "helmsman-cronjob"
@@ -108,6 +116,41 @@ def _read_reconcile_seconds(environ: Mapping[str, str]) -> float:
     if not 0 < value <= 3600:
         raise ConfigError(f"HELM_API_RECONCILE_SECONDS must be between 0 and 3600 seconds, got {raw!r}")
     return value
+
+
+def _read_int(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = _get(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from e
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
+    return value
+
+
+def load_log_format(environ: Mapping[str, str] | None = None, override: str | None = None) -> str:
+    """``override`` (the --log-format flag) or HELM_API_LOG_FORMAT, else text."""
+    source = os.environ if environ is None else environ
+    fmt = override or (_get(source, "HELM_API_LOG_FORMAT") or "text").lower()
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f"HELM_API_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def load_server_settings(environ: Mapping[str, str] | None = None, *, max_request_body_size: int) -> ServerSettings:
+    """How the HTTP server treats clients; ``max_request_body_size`` is the app's own body limit."""
+    source = os.environ if environ is None else environ
+    return ServerSettings(
+        threads=_read_int(source, "HELM_API_THREADS", ServerSettings.threads, 1, 64),
+        connection_limit=_read_int(source, "HELM_API_CONNECTION_LIMIT", ServerSettings.connection_limit, 8, 10000),
+        idle_timeout_seconds=_read_int(
+            source, "HELM_API_IDLE_TIMEOUT_SECONDS", ServerSettings.idle_timeout_seconds, 1, 3600
+        ),
+        max_request_body_size=max_request_body_size,
+    )
 
 
 def load_settings(

@@ -25,6 +25,7 @@ from helm_api.errors import (
     CronJobNotFoundError,
     JobNotFoundError,
 )
+from helm_api.logs import event_fields
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class OfflineBackend:
                 ]
             }
             self._jobs[name] = job
-        log.info("offline: recorded Job %s (not created)", name, extra={"job": name})
+        log.info("offline: recorded Job %s (not created)", name, extra=event_fields("offline.recorded", job=name))
         return answer
 
     def patch_job(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:

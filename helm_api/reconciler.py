@@ -6,6 +6,7 @@ import logging
 import threading
 
 from helm_api.errors import HelmApiError
+from helm_api.logs import event_fields
 from helm_api.service import ApplyService
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,10 @@ class Reconciler:
         try:
             self.service.reconcile()
         except HelmApiError as e:
-            log.warning("reconcile failed: %s", e.message)
+            fields = event_fields("reconcile.failed", error=type(e).__name__)
+            log.warning("reconcile failed: %s", e.message, extra=fields)
         except Exception:  # noqa: BLE001 - a bug in one pass must not stop the reconciler for good
-            log.exception("reconcile failed unexpectedly")
+            log.exception("reconcile failed unexpectedly", extra=event_fields("reconcile.error"))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -17,6 +17,7 @@ from typing import Any
 from helm_api import jobs as J
 from helm_api.backend import JobBackend
 from helm_api.errors import AlreadyExistsError, BusyError, ConflictError, HelmApiError, JobNotFoundError
+from helm_api.logs import event_fields
 from helm_api.metrics import ApplyMetrics
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,13 @@ class ApplyService:
                     if name in self._active:
                         self._active.discard(name)
                         self.metrics.jobs_finished.labels(state=state).inc()
+                        reason = J.summarize_job(job)["reason"]
                         log.info(
                             "apply finished: job=%s state=%s reason=%r",
                             name,
                             state,
-                            J.summarize_job(job)["reason"],
-                            extra={"job": name, "state": state},
+                            reason,
+                            extra=event_fields("apply.finished", job=name, state=state, reason=reason),
                         )
                 else:
                     self._active.add(name)
@@ -110,9 +112,9 @@ class ApplyService:
         resumed = self.backend.patch_job(job["metadata"]["name"], {"metadata": metadata, "spec": {"suspend": False}})
         self.metrics.jobs_resumed.inc()
         name = resumed["metadata"]["name"]
-        log.info(
-            "apply resumed: job=%s reason=%r", name, reason or J.summarize_job(resumed)["reason"], extra={"job": name}
-        )
+        reason = reason or J.summarize_job(resumed)["reason"]
+        fields = event_fields("apply.resumed", job=name, reason=reason)
+        log.info("apply resumed: job=%s reason=%r", name, reason, extra=fields)
         return resumed
 
     def reconcile(self) -> list[dict[str, Any]]:
@@ -136,7 +138,13 @@ class ApplyService:
     def apply(self, *, reason: str = "", request_id: str | None = None, requested_by: str = "") -> dict[str, Any]:
         """Start helmsman now, or queue it behind the running one, or join the waiting one."""
         self.metrics.applies_requested.inc()
-        log.info("apply requested: reason=%r request_id=%s by=%s", reason, request_id, requested_by)
+        log.info(
+            "apply requested: reason=%r request_id=%s by=%s",
+            reason,
+            request_id,
+            requested_by,
+            extra=event_fields("apply.requested", reason=reason, request_id=request_id, requested_by=requested_by),
+        )
         try:
             return self._apply(reason, request_id, requested_by)
         except HelmApiError as e:
@@ -155,7 +163,12 @@ class ApplyService:
             if isinstance(step, J.Duplicate):
                 self.metrics.applies_duplicate.inc()
                 name = step.job["metadata"]["name"]
-                log.info("apply duplicate: job=%s request_id=%s", name, request_id, extra={"job": name})
+                log.info(
+                    "apply duplicate: job=%s request_id=%s",
+                    name,
+                    request_id,
+                    extra=event_fields("apply.duplicate", job=name, request_id=request_id),
+                )
                 return self._answer(step.job, duplicate=True)
             if isinstance(step, J.Coalesce):
                 try:
@@ -198,7 +211,20 @@ class ApplyService:
         with self._active_lock:
             self._active.add(step.name)
         verb = "recorded (offline, not created)" if self.backend.offline else "created"
-        log.info("apply %s: job=%s state=%s reason=%r", verb, step.name, state, reason, extra={"job": step.name})
+        log.info(
+            "apply %s: job=%s state=%s reason=%r",
+            verb,
+            step.name,
+            state,
+            reason,
+            extra=event_fields(
+                "apply.recorded" if self.backend.offline else "apply.created",
+                job=step.name,
+                state=state,
+                reason=reason,
+                request_id=request_id,
+            ),
+        )
         return self._answer(created, created=True)
 
     def _coalesce(self, job: Mapping[str, Any], reason: str, request_id: str | None) -> dict[str, Any]:
@@ -219,5 +245,12 @@ class ApplyService:
     def _coalesced(self, job: Mapping[str, Any], reason: str) -> dict[str, Any]:
         self.metrics.applies_coalesced.inc()
         name = job["metadata"]["name"]
-        log.info("apply coalesced: job=%s state=%s reason=%r", name, J.job_state(job), reason, extra={"job": name})
+        state = J.job_state(job)
+        log.info(
+            "apply coalesced: job=%s state=%s reason=%r",
+            name,
+            state,
+            reason,
+            extra=event_fields("apply.coalesced", job=name, state=state, reason=reason),
+        )
         return self._answer(job, coalesced=True)

@@ -1,8 +1,10 @@
-"""The WSGI entry point for gunicorn (``gunicorn helm_api.wsgi:app``), built on first access of ``app``.
+"""The WSGI entry point for another WSGI server (``helm_api.wsgi:app``), built on first access of ``app``.
 
-Importing this module never fails; reading ``app`` builds the application once. A configuration error is
-printed as one clear line and the process exits with gunicorn's "application could not be loaded" code (4),
-so gunicorn stops instead of restarting workers forever.
+The supported way to serve helm_api is the ``helm-api`` command (waitress with the settings of helm_api.server);
+this module is for embedding it elsewhere, where that server's own limits apply. Importing this module never
+fails; reading ``app`` builds the application once. A configuration error is printed as one clear line and the
+process exits with code 4 (gunicorn's "application could not be loaded"), so a server that restarts failed
+workers stops instead of looping. Logging a host configured already is left alone.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ def get_app() -> Any:
     global _app
     with _lock:
         if _app is None:
-            from helm_api.app import configure_logging, create_app
+            from helm_api.app import create_app
+            from helm_api.config import load_log_format
             from helm_api.errors import ConfigError
+            from helm_api.logs import configure_logging
 
-            configure_logging()
             try:
+                configure_logging(load_log_format(), force=False)
                 _app = create_app()
             except ConfigError as e:
                 print(f"helm-api: configuration error: {e.message}", file=sys.stderr)

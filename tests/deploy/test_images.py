@@ -140,7 +140,8 @@ def test_poller_image_builds_and_starts(docker_client, python_base_image):
 def test_helm_api_image_builds_and_answers_healthz(docker_client, python_base_image):
     image = _build(docker_client, "Dockerfile.helmapi", "local/helm-api:test", python_base_image)
     _assert_image_metadata(image, "helm-api")
-    assert "gunicorn" in image.attrs["Config"]["Cmd"]
+    # The image runs the documented command, which serves with waitress (never a development server).
+    assert image.attrs["Config"]["Cmd"] == ["helm-api", "--host", "0.0.0.0", "--port", "8080"]
     port = _free_port()
     # Offline mode: the API reads the CronJob (rendered from our chart) from a file instead of a cluster.
     (cronjob,) = find(render("helmsman-cronjob", release="helmsman-cronjob"), "CronJob")
@@ -150,7 +151,7 @@ def test_helm_api_image_builds_and_answers_healthz(docker_client, python_base_im
     (offline_dir / "cronjob.yaml").chmod(0o644)
     container = docker_client.containers.run(
         image.id,
-        ["gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "helm_api.wsgi:app"],
+        ["helm-api", "--host", "127.0.0.1", "--port", str(port)],
         detach=True,
         network_mode="host",
         environment={

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 TOKEN = "s3cret-test-token"
@@ -107,3 +111,22 @@ spec:
               image: ghcr.io/mkubaczyk/helmsman:v3.17.1
               command: ["helmsman", "--apply", "-f", "/dss/production.yaml"]
 """
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any HELM_API_* or in-cluster variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HELM_API_", "KUBERNETES_"))}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def helm_api_command() -> list[str]:
+    """The installed ``helm-api`` command of this virtualenv (``python -m helm_api`` when not installed)."""
+    script = Path(sys.executable).parent / "helm-api"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "helm_api"]

@@ -14,10 +14,12 @@ import pytest
 import requests
 from helm_api_testing import AUTH, NAMESPACE, TOKEN, base_config
 
+from helm_api import errors
 from helm_api.app import create_app
 from helm_api.cli import main as cli_main
 from helm_api.config import DEFAULT_CRONJOB, load_settings
 from helm_api.errors import ConfigError
+from helm_api.metrics import APPLY_ERRORS, CREATED_STATES, FINISHED_STATES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,6 +153,20 @@ def test_metrics_count_applies(client, kube, cronjob):
         assert line in text, line
 
 
+def test_fresh_metrics_have_no_created_series_and_every_known_outcome_at_zero(client):
+    text = client.get("/metrics").get_data(as_text=True)
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert [s for s in samples if s.split("{")[0].split(" ")[0].endswith("_created")] == []
+    expected = [f'helm_api_applies_created_total{{state="{state}"}} 0.0' for state in CREATED_STATES]
+    expected += [f'helm_api_jobs_finished_total{{state="{state}"}} 0.0' for state in FINISHED_STATES]
+    expected += [f'helm_api_apply_failures_total{{error="{error}"}} 0.0' for error in APPLY_ERRORS]
+    for line in expected:
+        assert line in samples, line
+    assert {"running", "queued"} <= set(CREATED_STATES) and {"succeeded", "failed"} <= set(FINISHED_STATES)
+    assert {"BackendUnavailableError", "ForbiddenError", "BusyError"} <= set(APPLY_ERRORS)
+    assert all(issubclass(getattr(errors, name), errors.HelmApiError) for name in APPLY_ERRORS)
+
+
 def test_each_app_has_its_own_metrics(make_app, cronjob):
     first, second = make_app(), make_app()
     first.test_client().post("/apply", headers=AUTH)
@@ -199,7 +215,8 @@ def wait_healthy(url: str, process: subprocess.Popen) -> None:
     raise AssertionError("the server did not start")
 
 
-@pytest.mark.parametrize("how", ["cli", "gunicorn"])
+# The WSGI module is served here by waitress-serve, standing for any other WSGI server that embeds helm_api.
+@pytest.mark.parametrize("how", ["cli", "wsgi"])
 def test_entry_points_serve_offline(tmp_path, how, offline_manifest):
     port = free_port()
     env = clean_env(HELM_API_TOKEN="e2e-token", HELM_API_OFFLINE_JOBS_DIR=str(tmp_path / "jobs"))
@@ -208,7 +225,8 @@ def test_entry_points_serve_offline(tmp_path, how, offline_manifest):
                    "--offline-cronjob", str(offline_manifest)]
     else:
         env["HELM_API_OFFLINE_CRONJOB_FILE"] = str(offline_manifest)
-        command = [str(Path(sys.executable).parent / "gunicorn"), "-b", f"127.0.0.1:{port}", "helm_api.wsgi:app"]
+        command = [str(Path(sys.executable).parent / "waitress-serve"), f"--listen=127.0.0.1:{port}",
+                   "helm_api.wsgi:app"]
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -226,11 +244,11 @@ def test_entry_points_serve_offline(tmp_path, how, offline_manifest):
     assert "apply recorded" in stderr
 
 
-def test_gunicorn_stops_on_a_config_error():
+def test_a_wsgi_server_stops_on_a_config_error():
     port = free_port()
-    command = [str(Path(sys.executable).parent / "gunicorn"), "-b", f"127.0.0.1:{port}", "helm_api.wsgi:app"]
+    command = [str(Path(sys.executable).parent / "waitress-serve"), f"--listen=127.0.0.1:{port}", "helm_api.wsgi:app"]
     done = subprocess.run(command, env=clean_env(), cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
+    assert done.returncode == 4
     assert "configuration error" in done.stderr and "HELM_API_TOKEN" in done.stderr
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -138,6 +139,16 @@ def test_oversized_body_is_refused_unread(client, kube, cronjob):
     body = assert_clean_error(client.post("/apply", data=huge, content_type="application/json", headers=AUTH), 413)
     assert body["error"]
     assert kube.posted_jobs() == []
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_deeply_nested_body_is_400_not_a_traceback(client, kube, cronjob, caplog, opening):
+    closing = "]" if opening == "[" else "}"
+    deep = opening * 100_000 + "1" + closing * 100_000  # well under the 1 MiB body limit
+    body = assert_clean_error(client.post("/apply", data=deep, content_type="application/json", headers=AUTH), 400)
+    assert "nested too deeply" in body["error"]
+    assert kube.posted_jobs() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 @pytest.mark.parametrize("query", ["limit=abc", "limit=0", "limit=100000"])
