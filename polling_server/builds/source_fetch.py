@@ -4,13 +4,16 @@ GitHub repositories (`repo: owner/name`) come from the API's tarball of that com
 stripped); any other git remote (`url:`) is fetched with git: `git fetch --depth 1 <url> <sha>`, falling back to a
 full fetch when the server refuses to serve a commit by SHA, and the checkout is verified to be that commit. Nothing
 is taken from a branch's moving head. Credentials travel only in HTTP headers (for git, through GIT_CONFIG_*
-environment variables), never in argv, URLs, logs or error messages. Every git call is an argv list.
+environment variables), never in argv, URLs, logs or error messages. Every git call is an argv list, run in a
+process group of its own that is killed whole at the deadline (polling_server.git_process).
+
+A tarball must name the planned commit (the pax global header `comment` that `git archive` writes and GitHub
+serves), and is bounded: the download and the sum of its members' sizes by `builds.max_source_bytes`, the number of
+members by _MAX_MEMBERS; both are checked from the headers before anything is written.
 """
 
 from __future__ import annotations
 
-import base64
-import os
 import re
 import shutil
 import subprocess
@@ -24,19 +27,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from polling_server.config import RepositorySettings, Settings
 from polling_server.errors import BuildTimeout, SourceFetchError
+from polling_server.git_process import GitAuth, git_auth, git_environment, run_git, scrub
 from polling_server.http import HttpClient, Unreachable
 
 _SHA = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
-# ext:: and fd:: transports run commands; a configured URL gets the ordinary transports only.
-_GIT_ENV = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_ASKPASS": "/bin/false",
-    "SSH_ASKPASS": "/bin/false",
-    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
-    "GIT_TRACE_CURL": "",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
 _TARBALL_CHUNK = 1 << 16
+# Far more files than any repository we build; past it, the member list alone would cost hundreds of MB.
+_MAX_MEMBERS = 1_000_000
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -68,13 +65,6 @@ def source_url(settings: Settings, repo: RepositorySettings) -> str:
     return github_web_url(settings.github.api_url, repo.repo) if repo.repo else public_url(repo.url or "")
 
 
-def scrub(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
-
-
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -87,7 +77,7 @@ def _remaining(deadline: float | None) -> float | None:
 class SourceFetcher:
     """`checkout(repo, sha)` yields a directory holding the repository's tree at `sha` (without `.git`)."""
 
-    def __init__(self, settings: Settings, http: HttpClient, *, run: Runner = subprocess.run):
+    def __init__(self, settings: Settings, http: HttpClient, *, run: Runner = run_git):
         self.settings = settings
         self.http = http
         self._run = run
@@ -125,6 +115,7 @@ class SourceFetcher:
         except Unreachable as e:
             raise SourceFetchError(f"{repo.name}: cannot download the tarball of {sha[:12]}: {e}") from e
         archive = tmp / "source.tar.gz"
+        limit = self.settings.builds.max_source_bytes
         try:
             if resp.status_code != 200:
                 hint = {401: " (the token is missing or invalid)", 403: " (access denied or rate limited)",
@@ -134,56 +125,38 @@ class SourceFetcher:
             with archive.open("wb") as f:
                 for chunk in resp.iter_content(_TARBALL_CHUNK):
                     f.write(chunk)
+                    if f.tell() > limit:
+                        raise SourceFetchError(f"{repo.name}: the tarball of {sha[:12]} is larger than "
+                                               f"builds.max_source_bytes ({limit} bytes)")
                     _remaining(deadline)
         except OSError as e:  # requests' streaming errors are OSErrors (IOError) too
             raise SourceFetchError(f"{repo.name}: the tarball download of {sha[:12]} broke off: "
                                    f"{type(e).__name__}") from e
         finally:
             resp.close()
-        _extract_stripped(archive, dest, sha, repo.name)
+        _extract_stripped(archive, dest, sha, repo.name, limit)
 
     # --- git ------------------------------------------------------------------------------------------------
-    def git_invocation(self, url: str) -> tuple[str, dict[str, str], list[str]]:
-        """The URL to pass to git (userinfo removed), the extra environment carrying any credential as an HTTP
-        header, and the secrets to scrub from git's output."""
-        p = urlsplit(url)
-        secrets: list[str] = []
-        env: dict[str, str] = {}
-        credential = None
-        if p.scheme in ("http", "https") and p.netloc:
-            host = p.hostname or ""
-            if p.port:
-                host = f"{host}:{p.port}"
-            if p.username is not None or p.password is not None:
-                credential = f"{p.username or ''}:{p.password or ''}"
-                secrets += [p.password or "", p.username or ""]
-                url = urlunsplit((p.scheme, host, p.path, p.query, ""))
-            elif self.settings.github.token and host == urlsplit(
-                    github_web_url(self.settings.github.api_url, "x/y")).netloc:
-                credential = f"x-access-token:{self.settings.github.token}"
-            if credential:
-                token = base64.b64encode(credential.encode()).decode()
-                secrets += [token, str(self.settings.github.token or "")]
-                env = {"GIT_CONFIG_COUNT": "1",
-                       "GIT_CONFIG_KEY_0": f"http.{p.scheme}://{host}/.extraHeader",
-                       "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"}
-        return url, env, [s for s in secrets if len(s) >= 4]
+    def git_auth(self, url: str) -> GitAuth:
+        """How to hand `url` to git: its own credential, else the GitHub token for GitHub's web host, as a header."""
+        host_credentials = {}
+        if self.settings.github.token:
+            github_host = urlsplit(github_web_url(self.settings.github.api_url, "x/y")).netloc
+            host_credentials[github_host] = f"x-access-token:{self.settings.github.token}"
+        return git_auth(url, host_credentials)
 
     def _git(self, args: list[str], cwd: Path, env: dict[str, str], deadline: float | None
              ) -> subprocess.CompletedProcess:
         try:
-            return self._run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False,
-                             timeout=_remaining(deadline))
+            return self._run(["git", *args], cwd=cwd, env=env, timeout=_remaining(deadline))
         except subprocess.TimeoutExpired as e:
             raise BuildTimeout(f"the build ran out of time in git {args[0]}") from e
         except OSError as e:
             raise SourceFetchError(f"cannot run git: {e.strerror}") from e
 
     def _git_fetch(self, repo: RepositorySettings, sha: str, dest: Path, deadline: float | None) -> None:
-        url, auth_env, secrets = self.git_invocation(repo.url or "")
-        env = {**os.environ, **_GIT_ENV, **auth_env}
-        if not auth_env:
-            env.pop("GIT_CONFIG_COUNT", None)
+        auth = self.git_auth(repo.url or "")
+        url, secrets, env = auth.url, auth.secrets, git_environment(auth)
 
         def fail(what: str, proc: subprocess.CompletedProcess) -> SourceFetchError:
             detail = scrub((proc.stderr or proc.stdout or "").strip(), secrets)
@@ -216,16 +189,30 @@ class SourceFetcher:
         shutil.rmtree(dest / ".git", ignore_errors=True)
 
 
-def _extract_stripped(archive: Path, dest: Path, sha: str, name: str) -> None:
-    """Unpack a GitHub tarball without its `owner-repo-<sha>/` top directory, refusing unsafe members."""
+def _extract_stripped(archive: Path, dest: Path, sha: str, name: str, max_bytes: int) -> None:
+    """Unpack a GitHub tarball of commit `sha` without its `owner-repo-<sha7>/` top directory, refusing unsafe
+    members, a tarball that does not name `sha`, and one that would expand past `max_bytes` or _MAX_MEMBERS."""
     try:
         with tarfile.open(archive, "r:*") as tar:
+            # The top directory carries only 7 hex digits; the pax header carries the full id.
             commit = tar.pax_headers.get("comment")
-            if commit and commit != sha:
+            if not commit:
+                raise SourceFetchError(f"{name}: the tarball of {sha[:12]} carries no commit id (no pax `comment` "
+                                       f"header), so it cannot be checked against the planned commit")
+            if commit != sha:
                 raise SourceFetchError(f"{name}: the tarball holds commit {commit[:12]}, not {sha[:12]}")
             members = []
             top = None
-            for m in tar.getmembers():
+            expanded = 0
+            # Headers only: the data is skipped over, nothing is written before every limit has been checked.
+            for count, m in enumerate(tar, 1):
+                if count > _MAX_MEMBERS:
+                    raise SourceFetchError(f"{name}: the tarball of {sha[:12]} has more than {_MAX_MEMBERS} "
+                                           f"members")
+                expanded += m.size
+                if expanded > max_bytes:
+                    raise SourceFetchError(f"{name}: the tarball of {sha[:12]} expands to more than "
+                                           f"builds.max_source_bytes ({max_bytes} bytes)")
                 parts = m.name.removeprefix("./").split("/", 1)
                 if top is None:
                     top = parts[0]

@@ -138,6 +138,27 @@ def git_targets(urls: Iterable[str], ref: str | None, repositories: Iterable[Rep
     return wanted, "" if wanted else f"ref {ref!r} is neither a watched branch nor a tag"
 
 
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def gitlab_targets(event: str, payload: Mapping, repositories) -> tuple[list[str], str]:
+    if event not in ("Push Hook", "Tag Push Hook"):
+        return [], f"event {event!r} is not a Push Hook or Tag Push Hook"
+    project, repository = _mapping(payload.get("project")), _mapping(payload.get("repository"))
+    urls = [project.get("git_http_url"), project.get("git_ssh_url"), project.get("web_url"),
+            repository.get("git_http_url")]
+    return git_targets([u for u in urls if u], payload.get("ref"), repositories)
+
+
+def gitea_targets(event: str, payload: Mapping, repositories) -> tuple[list[str], str]:
+    if event not in ("push", "create", "delete"):
+        return [], f"event {event!r} is not a push, create or delete"
+    repo = _mapping(payload.get("repository"))
+    urls = [repo.get("clone_url"), repo.get("ssh_url"), repo.get("html_url")]
+    return git_targets([u for u in urls if u], _ref_of(event, payload), repositories)
+
+
 # --- the receiver ---------------------------------------------------------------------------------------------
 class WebhookReceiver:
     def __init__(self, settings: Settings, store: StateStore, metrics: Metrics, poll_now: Callable[[str], None],
@@ -174,67 +195,48 @@ class WebhookReceiver:
         log_event(log, "webhook.accepted", provider=provider, hook_event=event, delivery=delivery, repos=names)
         return self._answer(provider, "accepted", 202, {"accepted": True, "repositories": names}, names)
 
-    def github(self, body: bytes, headers: Mapping[str, str]) -> HookAnswer:
-        if not self.hooks.github_secrets:
-            return self._answer("github", "not_configured", 404, {"error": "not found"})
-        if not github_signature_valid(body, headers.get("X-Hub-Signature-256"), self.hooks.github_secrets):
-            return self._answer("github", "bad_signature", 401, {"error": "bad or missing signature"})
-        event = headers.get("X-GitHub-Event", "")
-        delivery = headers.get("X-GitHub-Delivery")
+    def _receive(self, provider: str, secrets: tuple, verified: bool, event: str, delivery: str | None,
+                 body: bytes, content_type: str,
+                 targets: Callable[[dict], tuple[list[str], str]]) -> HookAnswer:
+        """The one flow of every git host's hook: configured? verified? a delivery? seen? then trigger."""
+        if not secrets:
+            return self._answer(provider, "not_configured", 404, {"error": "not found"})
+        if not verified:
+            return self._answer(provider, "bad_signature", 401, {"error": "bad or missing signature"})
         try:
-            payload = parse_payload(body, headers.get("Content-Type", ""))
-            if event == "ping":
-                return self._answer("github", "accepted", 200, {"ok": True, "zen": str(payload.get("zen", ""))})
-            names, why = github_targets(event, payload, self.settings.repositories)
+            payload = parse_payload(body, content_type)
+            if provider == "github" and event == "ping":
+                return self._answer(provider, "accepted", 200, {"ok": True, "zen": str(payload.get("zen", ""))})
+            names, why = targets(payload)
         except InvalidDelivery as e:
-            return self._answer("github", "invalid", 400, {"error": str(e)})
-        if self._seen(f"github:{delivery}" if delivery else None):
-            return self._answer("github", "duplicate", 200, {"accepted": False, "duplicate": True})
-        return self._trigger("github", names, why, delivery, event)
+            return self._answer(provider, "invalid", 400, {"error": str(e)})
+        if self._seen(f"{provider}:{delivery}" if delivery else None):
+            return self._answer(provider, "duplicate", 200, {"accepted": False, "duplicate": True})
+        return self._trigger(provider, names, why, delivery, event)
+
+    def github(self, body: bytes, headers: Mapping[str, str]) -> HookAnswer:
+        secrets = self.hooks.github_secrets
+        event = headers.get("X-GitHub-Event", "")
+        return self._receive(
+            "github", secrets, github_signature_valid(body, headers.get("X-Hub-Signature-256"), secrets), event,
+            headers.get("X-GitHub-Delivery"), body, headers.get("Content-Type", ""),
+            lambda payload: github_targets(event, payload, self.settings.repositories))
 
     def gitlab(self, body: bytes, headers: Mapping[str, str]) -> HookAnswer:
-        if not self.hooks.gitlab_tokens:
-            return self._answer("gitlab", "not_configured", 404, {"error": "not found"})
-        if not token_valid(headers.get("X-Gitlab-Token"), self.hooks.gitlab_tokens):
-            return self._answer("gitlab", "bad_signature", 401, {"error": "bad or missing token"})
+        tokens = self.hooks.gitlab_tokens
         event = headers.get("X-Gitlab-Event", "")
-        delivery = headers.get("Idempotency-Key") or headers.get("X-Gitlab-Event-UUID")
-        try:
-            payload = parse_payload(body, headers.get("Content-Type", ""))
-            if event not in ("Push Hook", "Tag Push Hook"):
-                names, why = [], f"event {event!r} is not a Push Hook or Tag Push Hook"
-            else:
-                project = payload.get("project") if isinstance(payload.get("project"), dict) else {}
-                urls = [project.get("git_http_url"), project.get("git_ssh_url"), project.get("web_url"),
-                        (payload.get("repository") or {}).get("git_http_url")
-                        if isinstance(payload.get("repository"), dict) else None]
-                names, why = git_targets([u for u in urls if u], payload.get("ref"), self.settings.repositories)
-        except InvalidDelivery as e:
-            return self._answer("gitlab", "invalid", 400, {"error": str(e)})
-        if self._seen(f"gitlab:{delivery}" if delivery else None):
-            return self._answer("gitlab", "duplicate", 200, {"accepted": False, "duplicate": True})
-        return self._trigger("gitlab", names, why, delivery, event)
+        return self._receive(
+            "gitlab", tokens, token_valid(headers.get("X-Gitlab-Token"), tokens), event,
+            headers.get("Idempotency-Key") or headers.get("X-Gitlab-Event-UUID"), body,
+            headers.get("Content-Type", ""), lambda payload: gitlab_targets(event, payload, self.settings.repositories))
 
     def gitea(self, body: bytes, headers: Mapping[str, str]) -> HookAnswer:
-        if not self.hooks.gitea_secrets:
-            return self._answer("gitea", "not_configured", 404, {"error": "not found"})
-        if not gitea_signature_valid(body, headers.get("X-Gitea-Signature"), self.hooks.gitea_secrets):
-            return self._answer("gitea", "bad_signature", 401, {"error": "bad or missing signature"})
+        secrets = self.hooks.gitea_secrets
         event = headers.get("X-Gitea-Event", "")
-        delivery = headers.get("X-Gitea-Delivery")
-        try:
-            payload = parse_payload(body, headers.get("Content-Type", ""))
-            if event not in ("push", "create", "delete"):
-                names, why = [], f"event {event!r} is not a push, create or delete"
-            else:
-                repo = payload.get("repository") if isinstance(payload.get("repository"), dict) else {}
-                urls = [repo.get("clone_url"), repo.get("ssh_url"), repo.get("html_url")]
-                names, why = git_targets([u for u in urls if u], _ref_of(event, payload), self.settings.repositories)
-        except InvalidDelivery as e:
-            return self._answer("gitea", "invalid", 400, {"error": str(e)})
-        if self._seen(f"gitea:{delivery}" if delivery else None):
-            return self._answer("gitea", "duplicate", 200, {"accepted": False, "duplicate": True})
-        return self._trigger("gitea", names, why, delivery, event)
+        return self._receive(
+            "gitea", secrets, gitea_signature_valid(body, headers.get("X-Gitea-Signature"), secrets), event,
+            headers.get("X-Gitea-Delivery"), body, headers.get("Content-Type", ""),
+            lambda payload: gitea_targets(event, payload, self.settings.repositories))
 
     def charts(self, headers: Mapping[str, str]) -> HookAnswer:
         if not self.hooks.charts_tokens or self.poll_charts_now is None:

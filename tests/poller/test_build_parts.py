@@ -17,12 +17,13 @@ import pytest
 import responses
 from responses import matchers
 
-from polling_server.builds import source_fetch
+from polling_server import git_process
 from polling_server.builds.docker_engine import BuildResult, ImageBuilder, primary_tags
 from polling_server.builds.registry import RegistryClient, RegistryError
 from polling_server.builds.source_fetch import SourceFetcher
 from polling_server.builds.worker import BuildWorker, retry_delay
 from polling_server.errors import EngineUnavailable, ImageBuildFailed, SourceFetchError
+from polling_server.git_process import run_git
 from polling_server.http import HttpClient
 from polling_server.metrics import Metrics
 from polling_server.planning.model import BuildStatus
@@ -58,7 +59,7 @@ class _RecordingRunner:
 
     def __call__(self, argv, **kwargs):
         self.calls.append((list(argv), dict(kwargs["env"])))
-        return subprocess.run(argv, **kwargs)
+        return run_git(argv, **kwargs)
 
 
 @pytest.mark.parametrize("url, secret", [
@@ -119,7 +120,7 @@ def test_git_falls_back_to_a_full_fetch_when_sha_wants_are_refused(tmp_path, mon
     first = repo.commit({"file.txt": "one\n"})
     repo.commit({"file.txt": "two\n"})
     # Protocol v0 refuses a want of a commit that is not a ref tip, as many servers do.
-    monkeypatch.setitem(source_fetch._GIT_ENV, "GIT_CONFIG_PARAMETERS", "'protocol.version'='0'")
+    monkeypatch.setitem(git_process.GIT_ENV, "GIT_CONFIG_PARAMETERS", "'protocol.version'='0'")
     settings = _settings(tmp_path, [{"name": "app", "url": repo.url, "image": "team/app"}])
     runner = _RecordingRunner()
     with SourceFetcher(settings, HttpClient(), run=runner).checkout(settings.repository("app"), first) as root:
@@ -167,7 +168,7 @@ def test_tarball_refusals_are_source_fetch_errors(tmp_path, status):
     assert "tok-abc-123" not in str(err.value)
 
 
-def _tar(members: list[tarfile.TarInfo], commit: str | None = None) -> bytes:
+def _tar(members: list[tarfile.TarInfo], commit: str | None = SHA) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT,
                       pax_headers={"comment": commit} if commit else {}) as tar:
@@ -190,6 +191,7 @@ def _member(name: str, **kw) -> tarfile.TarInfo:
     (_tar([_member("top/link", type=tarfile.SYMTYPE, linkname="/etc/passwd", size=0)]), "cannot be unpacked"),
     (_tar([_member("top/a"), _member("other/b")]), "more than one top-level"),
     (github_tarball("top", {"a": "a"}, commit="f" * 40), "holds commit ffffffffffff"),
+    (github_tarball(f"acme-app-{SHA[:7]}", {"a": "a"}, commit=None), "carries no commit id"),
 ])
 def test_unsafe_or_wrong_tarballs_are_refused(tmp_path, body, problem):
     settings = _github_settings(tmp_path)
