@@ -15,6 +15,7 @@ from polling_server.metrics import Metrics
 from polling_server.sources.git_remote import GitRemoteSource
 from polling_server.sources.github import GitHubSource
 from polling_server.state import StateStore
+from tests.clocks import Clock
 from tests.poller.github_fakes import (
     BASE,
     EVENTS,
@@ -30,14 +31,6 @@ from tests.poller.github_fakes import (
 )
 
 A, B, C, T = "a" * 40, "b" * 40, "c" * 40, "f" * 40
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

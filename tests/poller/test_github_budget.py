@@ -19,21 +19,9 @@ from polling_server.metrics import Metrics
 from polling_server.sources.github import GitHubSource
 from polling_server.sources.github_budget import BACKGROUND, NORMAL, GitHubBudget, points_for
 from polling_server.state import StateStore
+from tests.clocks import FakeTime
 
 SHA = "d" * 40
-
-
-class FakeTime:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-        self.lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        with self.lock:
-            self.t += seconds
 
 
 def worst_window(times: list[float], window: float = 60.0) -> int:

@@ -21,16 +21,9 @@ from polling_server.daemon import Daemon
 from polling_server.metrics import Metrics
 from polling_server.planning.model import BuildStatus
 from polling_server.state import StateStore
+from tests.clocks import Clock
 from tests.gitrepo import GitRepo
 from tests.poller.build_helpers import dockerfile, enqueue, make_settings, unique_image
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Locker:

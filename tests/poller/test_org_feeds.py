@@ -15,7 +15,7 @@ from polling_server.sources.base import SourcePoll
 from polling_server.sources.github import GitHubSource
 from polling_server.sources.org_feed import OrgFeeds
 from polling_server.state import StateStore
-from tests.poller.test_github_budget import FakeTime
+from tests.clocks import FakeTime
 
 API = "https://api.github.com"
 SHA = "e" * 40

@@ -16,17 +16,10 @@ from polling_server.planning.model import Observation
 from polling_server.sources.base import SourcePoll
 from polling_server.sources.git_remote import GitRemoteSource
 from polling_server.state import StateStore
+from tests.clocks import Clock
 from tests.gitrepo import GitRepo
 
 SHA = "c" * 40
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class RecordingSource:
