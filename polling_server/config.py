@@ -340,6 +340,8 @@ def _secrets(r: _Reader, key: str) -> tuple[Secret, ...]:
     found = []
     for item in items:
         value = r._expand(key, item)
+        if value == "":
+            continue  # `${VAR:-}` with VAR unset: this secret is not configured
         if not isinstance(value, str) or len(value) < 8:
             r.fail("must be a string of at least 8 characters (or a list of two)", key)
         found.append(Secret(value))
