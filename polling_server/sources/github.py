@@ -44,7 +44,7 @@ def _next_link(resp: requests.Response) -> str | None:
     return m.group(1) if m else None
 
 
-class _Counter:
+class RequestCounter:
     def __init__(self) -> None:
         self.counted = 0
         self.not_modified = 0
@@ -116,7 +116,7 @@ class GitHubSource:
         self.org_fed: set[str] = set()  # repositories whose changes an organization feed reports (org_feed.py)
 
     # --- HTTP with GitHub's rules --------------------------------------------------------------------------
-    def _get(self, url: str, counter: _Counter, cursor: Cursor | None = None, what: str = "") -> requests.Response:
+    def get(self, url: str, counter: RequestCounter, cursor: Cursor | None = None, what: str = "") -> requests.Response:
         headers = {}
         if cursor is not None and cursor.etag:
             headers["If-None-Match"] = cursor.etag
@@ -156,19 +156,19 @@ class GitHubSource:
             self.budget.penalize()  # a secondary limit: slow down for a while after the pause
         raise RateLimited(f"GitHub {what}: rate limited (HTTP {resp.status_code}: {message})", resume)
 
-    def _json(self, resp: requests.Response, what: str):
+    def json_of(self, resp: requests.Response, what: str):
         try:
             return resp.json()
         except ValueError as e:
             raise MalformedResponse(f"GitHub {what}: the answer is not JSON") from e
 
-    def _check(self, resp: requests.Response, what: str) -> None:
+    def check(self, resp: requests.Response, what: str) -> None:
         if resp.status_code >= 400:
             raise SourceRejected(f"GitHub {what}: HTTP {resp.status_code} ({_message_of(resp)})", resp.status_code)
 
     # --- the poll ---------------------------------------------------------------------------------------------
     def poll(self, repo: RepositorySettings, cursors: CursorReader, state: RepoState, reconcile: bool) -> SourcePoll:
-        counter = _Counter()
+        counter = RequestCounter()
         base = f"{self.api}/repos/{repo.repo}"
         new_cursors: dict[str, Cursor] = {}
         events_key = f"events:{repo.name}"
@@ -190,7 +190,7 @@ class GitHubSource:
                                    poll_interval)
 
     def _read_refs(self, repo: RepositorySettings, base: str, cursors: CursorReader, new_cursors: dict,
-                   counter: _Counter, need_branch: bool, need_tags: bool, skipped: list, poll_interval):
+                   counter: RequestCounter, need_branch: bool, need_tags: bool, skipped: list, poll_interval):
         """The truth: the branch head and the tags (peeled), as far as the feed or a reconcile asks for them."""
         branch_checked, head = False, None
         if need_branch:
@@ -212,7 +212,7 @@ class GitHubSource:
             skipped=tuple(skipped),
         )
 
-    def _read_events(self, base: str, branch: str, cursor: Cursor, counter: _Counter, first: bool):
+    def _read_events(self, base: str, branch: str, cursor: Cursor, counter: RequestCounter, first: bool):
         """-> (branch changed?, tags changed?, skipped, X-Poll-Interval, new cursor or None)."""
         feed = self.read_feed(f"{base}/events?per_page=100", cursor, counter, first, "events")
         if feed.not_modified:
@@ -224,16 +224,16 @@ class GitHubSource:
             need_branch = need_tags = True
         return need_branch, need_tags, skipped + feed.skipped, feed.poll_interval, feed.cursor
 
-    def read_feed(self, url: str, cursor: Cursor, counter: _Counter, first: bool, what: str) -> FeedPage:
+    def read_feed(self, url: str, cursor: Cursor, counter: RequestCounter, first: bool, what: str) -> FeedPage:
         """The events of a feed (a repository's, an organization's) newer than the last one seen, newest first.
 
         Pagination stops at the newest event seen last time (at most 3 pages: GitHub's window of 300 events).
         """
-        resp = self._get(url, counter, cursor, what)
+        resp = self.get(url, counter, cursor, what)
         interval = _float(resp.headers.get("X-Poll-Interval"))
         if resp.status_code == 304:
             return FeedPage(not_modified=True, poll_interval=interval)
-        self._check(resp, what)
+        self.check(resp, what)
         etag = resp.headers.get("ETag")
         last_seen = cursor.value
         newest_id = None
@@ -241,7 +241,7 @@ class GitHubSource:
         found_last = False
         for page in range(MAX_EVENT_PAGES):
             try:
-                events = self._json(resp, what)
+                events = self.json_of(resp, what)
                 if not isinstance(events, list):
                     raise MalformedResponse(f"GitHub {what}: the page is not a list")
             except MalformedResponse as e:
@@ -256,21 +256,22 @@ class GitHubSource:
             next_url = _next_link(resp)
             if found_last or first or last_seen is None or not next_url:
                 break
-            resp = self._get(next_url, counter, None, what)
-            self._check(resp, what)
+            resp = self.get(next_url, counter, None, what)
+            self.check(resp, what)
         overflow = last_seen is not None and not found_last and not first
         return FeedPage(events=fresh, cursor=Cursor(etag=etag, value=newest_id or last_seen), overflow=overflow,
                         poll_interval=interval)
 
-    def _read_branch(self, base: str, branch: str, cursor: Cursor, counter: _Counter) -> tuple[str | None, Cursor]:
+    def _read_branch(self, base: str, branch: str, cursor: Cursor,
+                     counter: RequestCounter) -> tuple[str | None, Cursor]:
         what = f"branch {branch}"
-        resp = self._get(f"{base}/git/ref/heads/{quote(branch, safe='/')}", counter, cursor, what)
+        resp = self.get(f"{base}/git/ref/heads/{quote(branch, safe='/')}", counter, cursor, what)
         if resp.status_code == 304:
             return cursor.value, cursor
         if resp.status_code == 404:
             return None, Cursor()
-        self._check(resp, what)
-        data = self._json(resp, what)
+        self.check(resp, what)
+        data = self.json_of(resp, what)
         sha = (data.get("object") or {}).get("sha") if isinstance(data, dict) else None
         if isinstance(data, list) or not isinstance(sha, str) or not _SHA.match(sha):
             # git/ref/ answers a list when the name is only a prefix of real branches: the branch itself is absent.
@@ -279,28 +280,28 @@ class GitHubSource:
             raise MalformedResponse(f"GitHub {what}: no commit sha in the answer")
         return sha, Cursor(etag=resp.headers.get("ETag"), value=sha)
 
-    def _read_tags(self, base: str, cursors: CursorReader, key: str, counter: _Counter):
+    def _read_tags(self, base: str, cursors: CursorReader, key: str, counter: RequestCounter):
         what = "tags"
         cursor = cursors.cursor(key)
         cached = json.loads(cursor.value) if cursor.value else None
         # The ETag covers only the first page: trust a 304 only when everything fit on it.
         use_etag = cached is not None and len(cached) < 100
-        resp = self._get(f"{base}/git/matching-refs/tags?per_page=100", counter, cursor if use_etag else None, what)
+        resp = self.get(f"{base}/git/matching-refs/tags?per_page=100", counter, cursor if use_etag else None, what)
         if resp.status_code == 304:
             return cached, cursor, {}
-        self._check(resp, what)
+        self.check(resp, what)
         etag = resp.headers.get("ETag")
         refs: list = []
         while True:
-            page = self._json(resp, what)
+            page = self.json_of(resp, what)
             if not isinstance(page, list):
                 raise MalformedResponse("GitHub tags: the answer is not a list of refs")
             refs.extend(page)
             next_url = _next_link(resp)
             if not next_url:
                 break
-            resp = self._get(next_url, counter, None, what)
-            self._check(resp, what)
+            resp = self.get(next_url, counter, None, what)
+            self.check(resp, what)
         tags: dict[str, str] = {}
         resolved: dict[str, str] = {}
         for ref in refs:
@@ -319,13 +320,13 @@ class GitHubSource:
                     tags[name] = commit
         return tags, Cursor(etag=etag, value=json.dumps(tags, sort_keys=True)), resolved
 
-    def _peel(self, base: str, tag_sha: str, counter: _Counter) -> str | None:
+    def _peel(self, base: str, tag_sha: str, counter: RequestCounter) -> str | None:
         """Follow an annotated tag object (possibly a tag of a tag) to its commit."""
         sha = tag_sha
         for _ in range(5):
-            resp = self._get(f"{base}/git/tags/{sha}", counter, None, f"tag object {sha[:12]}")
-            self._check(resp, f"tag object {sha[:12]}")
-            obj = (self._json(resp, "tag object") or {}).get("object") or {}
+            resp = self.get(f"{base}/git/tags/{sha}", counter, None, f"tag object {sha[:12]}")
+            self.check(resp, f"tag object {sha[:12]}")
+            obj = (self.json_of(resp, "tag object") or {}).get("object") or {}
             if obj.get("type") == "commit":
                 return obj.get("sha")
             if obj.get("type") != "tag":

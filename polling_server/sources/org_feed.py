@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from polling_server.config import RepositorySettings, Settings
 from polling_server.errors import SourceError, SourceRejected
 from polling_server.logs import log_event
-from polling_server.sources.github import GitHubSource, _Counter, relevant_refs
+from polling_server.sources.github import GitHubSource, RequestCounter, relevant_refs
 from polling_server.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,20 @@ class OrgFeeds:
         if self.orgs is not None:
             return self.orgs
         api = self.source.api
-        counter = _Counter()
+        counter = RequestCounter()
         if not self._user_known:
             try:
-                resp = self.source._get(f"{api}/user", counter, None, "the token's user")
-                body = self.source._json(resp, "user") if resp.ok else None
+                resp = self.source.get(f"{api}/user", counter, None, "the token's user")
+                body = self.source.json_of(resp, "user") if resp.ok else None
                 self._user = body.get("login") if isinstance(body, dict) else None
             except SourceRejected:
                 self._user = None  # an App token has no user: the public organization feed is used
             self._user_known = True
         orgs = []
         for owner in sorted(self.by_owner):
-            resp = self.source._get(f"{api}/users/{owner}", counter, None, f"owner {owner}")
-            self.source._check(resp, f"owner {owner}")
-            body = self.source._json(resp, f"owner {owner}")
+            resp = self.source.get(f"{api}/users/{owner}", counter, None, f"owner {owner}")
+            self.source.check(resp, f"owner {owner}")
+            body = self.source.json_of(resp, f"owner {owner}")
             if isinstance(body, dict) and body.get("type") == "Organization":
                 orgs.append(owner)
         self.orgs = orgs
@@ -93,7 +93,7 @@ class OrgFeeds:
     def poll(self, org: str) -> OrgFeedPoll:
         key = f"orgfeed:{org}"
         cursor = self.store.cursor(key)
-        counter = _Counter()
+        counter = RequestCounter()
         feed = self.source.read_feed(self.feed_url(org), cursor, counter, cursor.value is None, f"{org} events")
         result = OrgFeedPoll(org, poll_interval=feed.poll_interval,
                              requests=counter.counted + counter.not_modified)
