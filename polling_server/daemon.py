@@ -193,6 +193,13 @@ class Daemon:
         """One full cycle: poll everything, then (unless dry-run) run the due builds and send due applies."""
         if not self.dry_run:
             self.worker.recover()
+        github = sum(1 for r in self.settings.repositories if r.kind == "github")
+        if github:
+            # A first pass reads each repository's feed, branch and tags: about three requests each.
+            needed = self.github_budget.pass_seconds(3 * github)
+            if needed > 10:
+                log_event(log, "once.budget", f"the GitHub request budget makes this pass over {github} repositories "
+                          f"take about {needed:.0f}s", repositories=github, seconds=round(needed))
         report = OnceReport(self.poll_repositories())
         try:
             report.chart_plan = self.poll_charts()
