@@ -1,28 +1,39 @@
 """Loads and validates the poller's YAML configuration, once, into frozen dataclasses.
 
 `${VAR}` (or `${VAR:-default}`) in any string value is expanded from the environment: that is how secrets get in.
+A value that is exactly one `${...}` is read, once expanded, as a YAML scalar where the key wants a number or a
+boolean (`${POLL:-30}` is 30.0); keys read as strings (secrets among them) keep the expansion as it is.
 Every error names the file, the key path (e.g. `repositories[2].branch`) and what is wrong. Nothing else in the
 poller reads os.environ. Secrets are held as `Secret`, whose repr is masked, so a logged Settings leaks nothing.
+A mapping that gives one key twice is an error too (YAML itself would keep the last one silently).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
 from polling_server.errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# GitHub logins: letters, digits and hyphens, not at either end; `_` appears in Enterprise Managed Users
+# (`name_corp`). Repository names: letters, digits, `.`, `-`, `_` (but `.` and `..` would walk the API's paths).
+_GITHUB_OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,98}[A-Za-z0-9])?$")
+_GITHUB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 _IMAGE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
-_BRANCH_FORBIDDEN = re.compile(r"(^[-/.])|(\.\.)|([\x00-\x20~^:?*\[\\])|(@\{)|(/$)|(\.lock$)|(//)")
+# Characters git never allows in a ref (refs.c: controls, space, DEL and ~ ^ : ? * [ \).
+_REF_FORBIDDEN_CHAR = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_REGISTRY_HOST = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::(\d{{1,5}}))?$")
 
 
 class Secret(str):
@@ -52,6 +63,7 @@ class RegistrySettings:
     host: str = ""
     username: str | None = None
     password: Secret | None = None
+    insecure: bool = False  # plain HTTP to a non-loopback registry (inside a cluster); loopback is always HTTP
 
 
 @dataclass(frozen=True)
@@ -199,6 +211,32 @@ class Settings:
         """The image reference without tag: `<registry.host>/<image>` (or `<image>` when no host is set)."""
         return f"{self.registry.host.rstrip('/')}/{repo.image}" if self.registry.host else repo.image
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret value of the configuration, longest first: what build logs and the status page mask.
+
+        The registry password, the GitHub token, the chart repository's and helm-api's credentials, the webhook
+        secrets, notification URLs (the URL is the secret) and their signing secrets, http.read_token, and a
+        password (or a lone user name, often a token) written into a repository's `url:`.
+        """
+        found: list[str | None] = [self.registry.password, self.github.token, self.http.read_token]
+        if self.chart_repository is not None:
+            found += [self.chart_repository.password, self.chart_repository.token]
+        if self.helm_api is not None:
+            found.append(self.helm_api.token)
+        w = self.webhooks
+        found += [*w.github_secrets, *w.gitlab_tokens, *w.gitea_secrets, *w.charts_tokens]
+        for n in self.notifications:
+            found += [n.url, n.secret]
+            parts = urlsplit(str(n.url))
+            found.append(parts.path + (f"?{parts.query}" if parts.query else "") if len(parts.path) > 8 else None)
+        for r in self.repositories:
+            parts = urlsplit(r.url or "")
+            if parts.scheme and parts.netloc and "@" in parts.netloc:
+                found.append(parts.password if parts.password is not None else parts.username)
+        values = {str(v) for v in found if v}
+        values |= {unquote(v) for v in values}  # as written in a URL, and as sent
+        return tuple(sorted(values, key=lambda v: (-len(v), v)))
+
 
 # --- validation ------------------------------------------------------------------------------------------
 class _Reader:
@@ -236,13 +274,26 @@ class _Reader:
             if default is ...:
                 self.fail("is required", key)
             return default
-        value = self._expand(key, self.data[key])
+        raw = self.data[key]
+        value = self._expand(key, raw)
         kinds = kind if isinstance(kind, tuple) else (kind,)
+        if str not in kinds and isinstance(raw, str) and _VAR.fullmatch(raw):
+            # The whole value came from the environment, where everything is text: read it as YAML would have.
+            value = _yaml_scalar(value)
+            if value is None:  # `${VAR:-}` with VAR unset: as if the key were not given
+                if default is ...:
+                    self.fail(f"is required ({raw} is empty)", key)
+                return default
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                self.fail("is too large", key)
         if bool not in kinds and isinstance(value, bool) or not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
             self.fail(f"must be {names}, got {type(value).__name__} {value!r}", key)
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(f"must be a finite number, got {value!r}", key)
         if check:
             problem = check(value)
             if problem:
@@ -288,8 +339,93 @@ def _image(v: str) -> str | None:
     return None if _IMAGE.match(v) else "must be a lowercase image name like team/app"
 
 
+_HOUR, _DAY = 3600.0, 86400.0
+_MIN_INTERVAL = 0.1  # shorter poll intervals only spin: every poll is at least one request
+
+
+def _yaml_scalar(text: str) -> Any:
+    """`text` read as one YAML scalar (30 → 30, true → True, empty → None); text that is not a scalar stays text."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, str | int | float | bool) else text
+
+
+def _seconds(most: float, least: float | None = None) -> Callable[[float], str | None]:
+    """A duration check: greater than 0 (or at least `least`) and at most `most`. The upper bound keeps sleeps and
+    waits within what threads accept and catches a unit mistake (milliseconds written as seconds)."""
+
+    def check(v: float) -> str | None:
+        if least is None and v <= 0:
+            return "must be greater than 0"
+        if not (least or 0.0) <= v <= most:
+            return f"must be between {least or 0:g} and {most:g} seconds"
+        return None
+
+    return check
+
+
+def _between(least: int, most: int) -> Callable[[int], str | None]:
+    return lambda v: None if least <= v <= most else f"must be between {least} and {most}"
+
+
+def branch_name_problem(name: str) -> str | None:
+    """Why git refuses `name` as a branch name, or None: the rules of `git check-ref-format --branch`.
+
+    Stricter in one place: `@` alone is refused too, since git reads it as HEAD wherever a revision is expected.
+    """
+    if not name:
+        return "it is empty"
+    if name.startswith("-"):
+        return "it starts with '-'"
+    if name in ("HEAD", "@"):
+        return "it names HEAD"
+    bad = _REF_FORBIDDEN_CHAR.search(name)
+    if bad:
+        return f"it contains {bad.group()!r}"
+    if ".." in name:
+        return "it contains '..'"
+    if "@{" in name:
+        return "it contains '@{'"
+    if name.endswith("."):
+        return "it ends with '.'"
+    for part in name.split("/"):
+        if not part:
+            return "it has an empty path component (a leading, trailing or double '/')"
+        if part.startswith("."):
+            return "a path component starts with '.'"
+        if part.endswith(".lock"):
+            return "a path component ends with '.lock'"
+    return None
+
+
 def _branch(v: str) -> str | None:
-    return f"{v!r} is not a valid git branch name" if not v or _BRANCH_FORBIDDEN.search(v) else None
+    problem = branch_name_problem(v)
+    return f"{v!r} is not a valid git branch name: {problem}" if problem else None
+
+
+def _github_repo(v: str) -> str | None:
+    owner, slash, name = v.partition("/")
+    if not slash or not _GITHUB_OWNER.match(owner) or not _GITHUB_NAME.match(name) or ".." in name or name == ".":
+        return ("must be owner/name as GitHub spells them (owner: letters, digits, '-', '_'; name: letters, digits, "
+                "'.', '-', '_', not '.' and without '..')")
+    if name.lower().endswith(".git"):
+        return "must be owner/name without '.git'"
+    return None
+
+
+def _registry_host(v: str) -> str | None:
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+        return ("give host[:port] only, without a scheme (like registry.example.com:5000); for a registry that "
+                "speaks plain HTTP, set registry.insecure: true")
+    m = _REGISTRY_HOST.match(v)
+    if not m:
+        return ("must be host[:port] only (like registry.example.com:5000); a path such as /team belongs in "
+                "repositories[].image")
+    if m.group(1) and not 1 <= int(m.group(1)) <= 65535:
+        return "has a port outside 1-65535"
+    return None
 
 
 def _relative(v: str) -> str | None:
@@ -298,7 +434,7 @@ def _relative(v: str) -> str | None:
 
 
 def _repository(r: _Reader) -> RepositorySettings:
-    repo = r.get("repo", str, None, lambda v: None if _REPO.match(v) else "must be owner/name")
+    repo = r.get("repo", str, None, _github_repo)
     url = r.get("url", str, None, lambda v: "must not start with '-'" if v.startswith("-") else None)
     if bool(repo) == bool(url):
         r.fail("give exactly one of `repo: owner/name` (GitHub) or `url:` (any git remote)")
@@ -432,10 +568,10 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
     github = GitHubSettings(
         api_url=gh.get("api_url", str, GitHubSettings.api_url, _http_url).rstrip("/"),
         token=gh.secret("token"),
-        timeout_seconds=gh.get("timeout_seconds", float, 10.0, _positive),
+        timeout_seconds=gh.get("timeout_seconds", float, 10.0, _seconds(_HOUR)),
         max_retries=gh.get("max_retries", int, 3, _non_negative),
-        backoff_seconds=gh.get("backoff_seconds", float, 1.0, _non_negative),
-        rate_limit_backoff_seconds=gh.get("rate_limit_backoff_seconds", float, 60.0, _positive),
+        backoff_seconds=gh.get("backoff_seconds", float, 1.0, _seconds(_HOUR, least=0.0)),
+        rate_limit_backoff_seconds=gh.get("rate_limit_backoff_seconds", float, 60.0, _seconds(_DAY)),
         max_requests_per_minute=gh.get("max_requests_per_minute", float, 600.0,
                                        lambda v: None if 1 <= v <= 900 else "must be between 1 and 900 (GitHub's "
                                                                             "secondary limit)"),
@@ -451,18 +587,23 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
 
     reg = top.child("registry")
     registry = RegistrySettings(
-        host=reg.get("host", str, ""), username=reg.get("username", str, None), password=reg.secret("password")
+        host=reg.get("host", str, "", lambda v: _registry_host(v.rstrip("/"))).rstrip("/"),
+        username=reg.get("username", str, None),
+        password=reg.secret("password"),
+        insecure=reg.get("insecure", bool, False),
     )
     reg.done()
     if registry.password and not registry.username:
         reg.fail("password is set but username is not", "username")
+    if registry.insecure and not registry.host:
+        reg.fail("insecure needs host: Docker Hub is never spoken to over plain HTTP", "insecure")
 
     b = top.child("builds")
     builds = BuildSettings(
-        concurrency=b.get("concurrency", int, 1, _positive),
-        timeout_seconds=b.get("timeout_seconds", float, 1800.0, _positive),
+        concurrency=b.get("concurrency", int, 1, _between(1, 64)),
+        timeout_seconds=b.get("timeout_seconds", float, 1800.0, _seconds(_DAY)),
         retries=b.get("retries", int, 2, _non_negative),
-        retry_backoff_seconds=b.get("retry_backoff_seconds", float, 30.0, _non_negative),
+        retry_backoff_seconds=b.get("retry_backoff_seconds", float, 30.0, _seconds(_DAY, least=0.0)),
         workdir=b.get("workdir", str, None),
         max_source_bytes=b.get("max_source_bytes", int, BuildSettings.max_source_bytes, _positive),
         log_max_bytes=b.get("log_max_bytes", int, BuildSettings.log_max_bytes,
@@ -508,8 +649,8 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
             password=c.secret("password"),
             token=c.secret("token"),
             charts=tuple(charts),
-            poll_interval_seconds=c.get("poll_interval_seconds", float, 60.0, _positive),
-            timeout_seconds=c.get("timeout_seconds", float, 30.0, _positive),
+            poll_interval_seconds=c.get("poll_interval_seconds", float, 60.0, _seconds(_DAY, least=_MIN_INTERVAL)),
+            timeout_seconds=c.get("timeout_seconds", float, 30.0, _seconds(_HOUR)),
         )
         c.done()
         if chart_repository.password and not chart_repository.username:
@@ -523,9 +664,9 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         helm_api = HelmApiSettings(
             url=a.get("url", str, check=_http_url).rstrip("/"),
             token=a.secret("token"),
-            timeout_seconds=a.get("timeout_seconds", float, 10.0, _positive),
-            retry_backoff_seconds=a.get("retry_backoff_seconds", float, 5.0, _positive),
-            max_backoff_seconds=a.get("max_backoff_seconds", float, 300.0, _positive),
+            timeout_seconds=a.get("timeout_seconds", float, 10.0, _seconds(_HOUR)),
+            retry_backoff_seconds=a.get("retry_backoff_seconds", float, 5.0, _seconds(_DAY)),
+            max_backoff_seconds=a.get("max_backoff_seconds", float, 300.0, _seconds(_DAY)),
         )
         a.done()
     if chart_repository and not helm_api:
@@ -548,15 +689,16 @@ def parse_settings(data: Any, source: str = "<config>", env: Mapping[str, str] |
         if names.count(n) > 1:
             top.fail(f"two repositories are named {n!r}; give one of them a distinct `name:`", "repositories")
 
-    state_path = top.get("state_path", str)
+    state_path = top.get("state_path", str, check=lambda v: None if v.strip() else "must not be empty")
     if base_dir and not Path(state_path).is_absolute():
         state_path = str(base_dir / state_path)
     settings = Settings(
         source_file=source,
         state_path=state_path,
         repositories=tuple(repositories),
-        poll_interval_seconds=top.get("poll_interval_seconds", float, 60.0, _positive),
-        reconcile_interval_seconds=top.get("reconcile_interval_seconds", float, 600.0, _positive),
+        poll_interval_seconds=top.get("poll_interval_seconds", float, 60.0, _seconds(_DAY, least=_MIN_INTERVAL)),
+        reconcile_interval_seconds=top.get("reconcile_interval_seconds", float, 600.0,
+                                           _seconds(7 * _DAY, least=_MIN_INTERVAL)),
         max_concurrent_polls=top.get("max_concurrent_polls", int, 16, _positive),
         log_format=top.get("log_format", str, "text",
                            lambda v: None if v in ("text", "json") else "must be text or json"),
@@ -582,7 +724,37 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the configuration: {e.strerror}") from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(f"{p}: line {e.line}: the key {e.key!r} is given twice in one mapping (first at line "
+                          f"{e.first_line})") from e
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{at}: {e.problem or e.context}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
     return parse_settings(data, str(p), env, base_dir=p.resolve().parent)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"line {line}: duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping giving one key twice, where plain YAML keeps the last without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_seen: dict[Any, int] = {}
+        # Checked before the merge keys (`<<: *defaults`) are flattened in: overriding a merged key is the point.
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_seen:
+                raise _DuplicateKey(key, line, first_seen[key])
+            first_seen[key] = line
+        return super().construct_mapping(node, deep)

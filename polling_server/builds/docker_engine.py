@@ -28,7 +28,7 @@ import requests
 import semver
 import urllib3.exceptions
 
-from polling_server.builds.registry import RegistryClient, RegistryError
+from polling_server.builds.registry import RegistryError, registry_client_for
 from polling_server.builds.source_fetch import SourceFetcher, public_url, scrub, source_url
 from polling_server.config import RepositorySettings, Settings
 from polling_server.errors import (
@@ -108,8 +108,7 @@ class ImageBuilder:
                                      backoff_seconds=gh.backoff_seconds, budget=github_budget)
         self.source = SourceFetcher(settings, source_http)
         reg = settings.registry
-        self.registry = RegistryClient(reg.host, reg.username, str(reg.password) if reg.password else None,
-                                       http=self.http)
+        self.registry = registry_client_for(settings, http=self.http)
         self._secrets = [s for s in (str(reg.password or ""), str(gh.token or "")) if s]
 
     # --- the whole build --------------------------------------------------------------------------------------
@@ -131,7 +130,9 @@ class ImageBuilder:
         labels = image_labels(build, source_url(self.settings, repo), datetime.now(UTC))
         client = self._connect(deadline)
         try:
+            on_log(f"fetching the source at {build.sha} from {labels[f'{LABEL_PREFIX}source']}")
             with self.source.checkout(repo, build.sha, deadline) as root:
+                on_log(f"source fetched; building {repo.dockerfile} in {repo.context}")
                 context, dockerfile = _context_paths(root, repo)
                 image_id = self._build_image(client, context, dockerfile, labels, repo.build_args, deadline,
                                              on_log)
@@ -197,6 +198,7 @@ class ImageBuilder:
             for tag in tags:
                 client.api.tag(image_id, image, tag, force=True)
             for tag in tags:
+                on_log(f"pushing {image}:{tag}")
                 stream = client.api.push(image, tag=tag, stream=True, decode=True, auth_config=auth)
                 digests[tag] = self._read_push(stream, f"{image}:{tag}", deadline, on_log)
         except BuildError:

@@ -241,6 +241,5 @@ def _json(resp: requests.Response, what: str) -> dict[str, Any]:
 def registry_client_for(settings, http: HttpClient | None = None) -> RegistryClient:
     """The client of the configured registry (`registry:` in the poller's configuration)."""
     reg = settings.registry
-    insecure = bool(getattr(reg, "insecure", False))
     return RegistryClient(reg.host, reg.username, str(reg.password) if reg.password else None, http=http,
-                          scheme="http" if insecure else None)
+                          scheme="http" if reg.insecure else None)

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+import sqlite3
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,7 +27,7 @@ from polling_server.metrics import Metrics
 from polling_server.planning.model import ChartChange
 from polling_server.sources import chart_index as charts
 from polling_server.sources.chart_index import ChartIndexSource, parse_index
-from polling_server.state import SCHEMA_VERSION, Cursor, StateStore
+from polling_server.state import MIGRATIONS, StateStore, _statements
 from tests.fixture_paths import ACTIVITI, CHARTMUSEUM_401, CHARTMUSEUM_EMPTY, OPENFAAS, STAKATER
 
 REPO_URL = "http://chartmuseum.test"
@@ -350,11 +351,25 @@ def test_validators_saved_before_the_weak_validator_rule_are_dropped_by_the_migr
     w = make_watcher(settings)
     w.poll()
     _, index_hash = w.store.chart_state(REPO_URL)
-    key = f"chart-index:{REPO_URL}"
-    w.store.save_poll(key, None, {key: Cursor(None, "Wed, 01 Jul 2026 10:00:00 GMT", index_hash)})
-    w.store._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")  # as the release before wrote it
     w.store.close()
-    upgraded = make_watcher(settings, StateStore(settings.state_path))
+    # The same state as the release before the rule wrote it: its schema, and the validators it saved.
+    rule = next(i for i, m in enumerate(MIGRATIONS) if "chart-index" in m)
+    old = sqlite3.connect(tmp_path / "old.db")
+    for script in MIGRATIONS[:rule]:
+        for statement in _statements(script):
+            old.execute(statement)
+    old.execute(f"PRAGMA user_version = {rule}")
+    current = sqlite3.connect(settings.state_path)
+    for table in ("repos", "charts", "cursors"):
+        for row in current.execute(f"SELECT * FROM {table}"):  # noqa: S608 - constant table names
+            old.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)  # noqa: S608
+    key = f"chart-index:{REPO_URL}"
+    old.execute("INSERT OR REPLACE INTO cursors (key, etag, last_modified, value, updated_at) VALUES (?, ?, ?, ?, 0)",
+                (key, None, "Wed, 01 Jul 2026 10:00:00 GMT", index_hash))
+    old.commit()
+    old.close()
+    current.close()
+    upgraded = make_watcher(settings, StateStore(tmp_path / "old.db"))
     assert upgraded.store.cursor(key).last_modified is None
     assert [c.version for c in upgraded.poll().changes] == ["0.7.0"]
     assert "If-Modified-Since" not in rsps.calls[1].request.headers
