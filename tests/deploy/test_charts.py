@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-from deploy_helpers import CHART_NAMES, CHARTS_DIR, VALUES_DIR, find, render, run_helm
+from deploy_helpers import (
+    CHART_NAMES,
+    CHARTS_DIR,
+    DSS_DIR,
+    REPO_ROOT,
+    VALUES_DIR,
+    find,
+    render,
+    render_notes,
+    run_helm,
+)
 
 pytestmark = pytest.mark.helm
 
@@ -17,6 +27,10 @@ VALUE_SETS = [(chart, ()) for chart in CHART_NAMES] + [
     ("helm-api", ("helm-api-production.yaml",)),
     ("helmsman-cronjob", ("helmsman-cronjob-production.yaml",)),
     ("helmsman-cronjob", ("helmsman-cronjob-production.yaml", "helmsman-cronjob-namespaced.yaml")),
+    ("polling-server", ("polling-server-no-chart-watch.yaml",)),
+    ("polling-server", ("polling-server-production.yaml", "polling-server-insecure-registry.yaml")),
+    ("polling-server", ("polling-server-production.yaml", "keel-approvals.yaml")),
+    ("helm-api", ("helm-api-production.yaml", "keel-approvals.yaml")),
 ]
 
 
@@ -89,6 +103,7 @@ def test_polling_server_config_holds_placeholders_and_secret_refs_only():
         assert "secretKeyRef" in env[var]["valueFrom"], var
     assert env["DOCKER_HOST"]["value"] == "unix:///var/run/dind/docker.sock"
     assert containers["polling-server"]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert containers["polling-server"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert containers["dind"]["securityContext"]["privileged"] is True
     assert "--host=unix:///var/run/dind/docker.sock" in containers["dind"]["args"]
 
@@ -209,15 +224,24 @@ def test_helmsman_cronjob_rejects_unknown_dss_order():
     assert "missing" in result.stderr
 
 
-@pytest.mark.parametrize("values", [(), (VALUES_DIR / "polling-server-production.yaml",)],
-                         ids=["defaults", "production"])
-def test_polling_server_config_is_accepted_by_the_poller(values):
+POLLER_CONFIG_CASES = {
+    "defaults": (),
+    "production": ("polling-server-production.yaml",),
+    "external-docker": ("polling-server-production.yaml", "polling-server-external-docker.yaml"),
+    "no-chart-watch": ("polling-server-no-chart-watch.yaml",),
+    # Needs the poller's `registry.insecure` key (the lead adds it to polling_server/config.py).
+    "insecure-registry": ("polling-server-production.yaml", "polling-server-insecure-registry.yaml"),
+}
+
+
+@pytest.mark.parametrize("case", POLLER_CONFIG_CASES)
+def test_polling_server_config_is_accepted_by_the_poller(case):
     """The rendered ConfigMap passes the poller's own validation, with every ${VAR} the Deployment provides."""
     import yaml
 
     from polling_server.config import parse_settings
 
-    docs = render("polling-server", *values)
+    docs = render("polling-server", *(VALUES_DIR / f for f in POLLER_CONFIG_CASES[case]))
     (cm,) = find(docs, "ConfigMap")
     (deploy,) = find(docs, "Deployment")
     container = next(c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "polling-server")
@@ -225,3 +249,185 @@ def test_polling_server_config_is_accepted_by_the_poller(values):
     settings = parse_settings(yaml.safe_load(cm["data"]["config.yaml"]), "ConfigMap config.yaml", env)
     assert settings.state_path.startswith("/var/lib/polling-server/")
     assert settings.http.port == 8081
+    watching = case != "no-chart-watch"
+    assert (settings.chart_repository is not None) is watching
+    assert (settings.helm_api is not None) is watching
+    if case == "insecure-registry":
+        assert settings.registry.insecure is True
+
+
+def test_polling_server_without_chart_watching_renders_no_chart_repository_nor_helm_api():
+    import yaml
+
+    docs = render("polling-server", VALUES_DIR / "polling-server-no-chart-watch.yaml")
+    (cm,) = find(docs, "ConfigMap")
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    assert "chart_repository" not in config
+    assert "helm_api" not in config
+    (deploy,) = find(docs, "Deployment")
+    containers = {c["name"]: c for c in deploy["spec"]["template"]["spec"]["containers"]}
+    env = _env(containers["polling-server"])
+    # Their Secrets need not exist: a missing Secret would keep the pod from starting.
+    assert "HELM_API_TOKEN" not in env and "CHART_REPO_PASSWORD" not in env
+    assert "GITHUB_TOKEN" in env and "REGISTRY_PASSWORD" in env
+
+
+def test_polling_server_default_chart_repository_is_where_the_dss_installs_chartmuseum():
+    import yaml
+
+    common = yaml.safe_load((DSS_DIR / "common.yaml").read_text())
+    namespace = common["apps"]["chartmuseum"]["namespace"]
+    expected = f"http://chartmuseum.{namespace}.svc:8080"
+    (cm,) = find(render("polling-server"), "ConfigMap")
+    assert yaml.safe_load(cm["data"]["config.yaml"])["chart_repository"]["url"] == expected
+    dss_values = yaml.safe_load((DSS_DIR / "values-polling-server.yaml").read_text())
+    assert dss_values["config"]["chartRepository"]["url"] == expected
+    assert expected.split("//", 1)[1] in (REPO_ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("insecure", [False, True], ids=["tls", "insecure"])
+def test_polling_server_insecure_registry_reaches_config_and_dind(insecure):
+    import yaml
+
+    files = [VALUES_DIR / "polling-server-production.yaml"]
+    if insecure:
+        files.append(VALUES_DIR / "polling-server-insecure-registry.yaml")
+    docs = render("polling-server", *files)
+    (cm,) = find(docs, "ConfigMap")
+    registry = yaml.safe_load(cm["data"]["config.yaml"])["registry"]
+    (deploy,) = find(docs, "Deployment")
+    containers = {c["name"]: c for c in deploy["spec"]["template"]["spec"]["containers"]}
+    flags = [a for a in containers["dind"]["args"] if a.startswith("--insecure-registry")]
+    if insecure:
+        assert registry["insecure"] is True
+        assert registry["host"] == "docker-registry.cd-infra.svc:5000"
+        assert flags == ["--insecure-registry=docker-registry.cd-infra.svc:5000"]
+    else:
+        assert "insecure" not in registry
+        assert flags == []
+    assert "--mtu=1400" in containers["dind"]["args"]  # extraArgs still come through
+
+
+@pytest.mark.parametrize("chart", ["polling-server", "helm-api"])
+def test_keel_annotations_carry_approvals_notify_and_any_other(chart):
+    production = VALUES_DIR / f"{chart}-production.yaml"
+    docs = render(chart, production, VALUES_DIR / "keel-approvals.yaml", release=chart)
+    (deploy,) = find(docs, "Deployment")
+    assert deploy["metadata"]["annotations"] == {
+        "keel.sh/policy": "minor",
+        "keel.sh/trigger": "poll",
+        "keel.sh/pollSchedule": "@every 5m",  # keel.annotations wins over keel.pollSchedule
+        "keel.sh/approvals": "2",
+        "keel.sh/approvalDeadline": "48",
+        "keel.sh/notify": "cd-deploys",
+        "keel.sh/releaseNotes": "https://github.com/example-org/helmsman-cd/releases",
+        **({"keel.sh/match-tag": "true"} if chart == "helm-api" else {}),
+    }
+
+
+@pytest.mark.parametrize("chart", ["polling-server", "helm-api"])
+def test_keel_disabled_renders_no_annotation(chart):
+    (deploy,) = find(render(chart, release=chart), "Deployment")
+    assert not deploy["metadata"].get("annotations")
+
+
+@pytest.mark.parametrize("chart", ["polling-server", "helm-api"])
+def test_helm_test_hook_asks_the_service_for_healthz_with_an_image_the_chart_uses(chart):
+    docs = render(chart, VALUES_DIR / f"{chart}-production.yaml", release=chart)
+    tests = [d for d in find(docs, "Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    assert len(tests) == 1, "one helm test Pod"
+    (pod,) = tests
+    (service,) = find(docs, "Service")
+    (deploy,) = find(docs, "Deployment")
+    chart_images = {c["image"] for c in deploy["spec"]["template"]["spec"]["containers"]}
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] in chart_images
+    url = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/healthz"
+    assert container["command"][-1] == url
+    assert pod["spec"]["restartPolicy"] == "Never"
+    # The Service must never send traffic to the test Pod.
+    selector = service["spec"]["selector"]
+    assert not all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items())
+
+
+def test_helm_test_hook_can_be_turned_off():
+    docs = render("helm-api", release="helm-api")
+    assert find(docs, "Pod")
+    import yaml
+
+    result = run_helm("template", "helm-api", str(CHARTS_DIR / "helm-api"), "--set", "tests.enabled=false")
+    assert result.returncode == 0, result.stderr
+    assert not [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Pod"]
+
+
+def test_helm_api_runs_the_image_command_never_gunicorn():
+    docs = render("helm-api", VALUES_DIR / "helm-api-production.yaml", release="helm-api")
+    (deploy,) = find(docs, "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert "command" not in container and "args" not in container  # the image's `helm-api --host ... --port 8080`
+    assert container["ports"][0]["containerPort"] == 8080
+    assert "gunicorn" not in (CHARTS_DIR / "helm-api" / "values.yaml").read_text()
+    assert all("gunicorn" not in p.read_text() for p in (CHARTS_DIR / "helm-api" / "templates").rglob("*.*"))
+
+
+TYPOS = [
+    ("polling-server", "config.pollIntervalSecond=5", "pollIntervalSecond"),
+    ("polling-server", "config.chartRepository.enable=false", "enable"),
+    ("polling-server", "keel.aprovals=2", "aprovals"),
+    ("polling-server", "docker.dind.extraArg={--mtu=1400}", "extraArg"),
+    ("polling-server", "persistance.enabled=false", "persistance"),
+    ("helm-api", "tokenSecret.nmae=x", "nmae"),
+    ("helm-api", "replicas=2", "replicas"),
+    ("helmsman-cronjob", "dss.fils.common=x", "fils"),
+    ("helmsman-cronjob", "job.backofLimit=1", "backofLimit"),
+]
+
+
+@pytest.mark.parametrize("command", ["lint", "template"])
+@pytest.mark.parametrize(("chart", "setting", "typo"), TYPOS, ids=[t[1].split("=")[0] for t in TYPOS])
+def test_values_schema_rejects_a_typo(command, chart, setting, typo):
+    result = run_helm(command, *(["x"] if command == "template" else []), str(CHARTS_DIR / chart), "--set", setting)
+    assert result.returncode != 0, f"helm {command} accepted {setting}"
+    assert f"Additional property {typo} is not allowed" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("chart", "setting"),
+    [("polling-server", "config.registry.insecure=maybe"), ("helm-api", "keel.trigger=sometimes"),
+     ("helmsman-cronjob", "concurrencyPolicy=Parallel")],
+)
+def test_values_schema_rejects_a_wrong_type_or_value(chart, setting):
+    result = run_helm("template", "x", str(CHARTS_DIR / chart), "--set", setting)
+    assert result.returncode != 0, f"helm template accepted {setting}"
+    assert "values don't meet the specifications of the schema" in result.stderr
+
+
+@pytest.mark.parametrize("chart", CHART_NAMES)
+def test_values_schema_accepts_the_dss_values(chart):
+    result = run_helm("lint", "--strict", str(CHARTS_DIR / chart), "--values", str(DSS_DIR / f"values-{chart}.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_helmsman_cronjob_notes_name_the_cronjob_files_and_secrets():
+    notes = render_notes("helmsman-cronjob", VALUES_DIR / "helmsman-cronjob-production.yaml",
+                         release="helmsman-cronjob")
+    assert 'CronJob "helmsman-cronjob" is installed in namespace cd-system and suspended' in notes
+    assert notes.index("common.yaml") < notes.index("production.yaml") < notes.index("zz-in-cluster-settings.yaml")
+    assert "  helmsman-env" in notes
+    assert "--from=cronjob/helmsman-cronjob" in notes
+
+
+def test_helmsman_cronjob_notes_when_scheduled():
+    notes = render_notes("helmsman-cronjob", VALUES_DIR / "helmsman-cronjob-production.yaml",
+                         VALUES_DIR / "helmsman-cronjob-namespaced.yaml", release="helmsman-cronjob")
+    assert 'runs on schedule "*/30 * * * *"' in notes
+    assert "suspended" not in notes
+
+
+def test_polling_server_notes_list_only_the_secrets_it_reads():
+    watching = render_notes("polling-server", VALUES_DIR / "polling-server-production.yaml")
+    assert "/readyz" in watching and "helm-api-token" in watching and "chartmuseum-auth" in watching
+    building_only = render_notes("polling-server", VALUES_DIR / "polling-server-no-chart-watch.yaml")
+    assert "Chart watching is off" in building_only
+    assert "helm-api-token" not in building_only and "chartmuseum-auth" not in building_only
+    assert "polling-server-github" in building_only and "helm test polling-server" in building_only

@@ -6,7 +6,6 @@ registry, the real helm CLI. Nothing here reads the poller's log to decide succe
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -23,12 +22,10 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 @pytest.fixture
 def helm_bin():
-    path = os.environ.get("HELM_BIN") or str(ROOT / ".work/tools/bin/helm")
-    if not Path(path).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("helm is missing in CI (scripts/test fetches it with scripts/get-helm)")
-        pytest.skip("helm CLI not fetched (scripts/get-helm)")
-    return path
+    # The one way the tests find helm: HELM_BIN, else scripts/get-helm (tests/deploy/deploy_helpers.py).
+    from tests.deploy.deploy_helpers import helm_bin as locate_helm
+
+    return locate_helm()
 
 
 def test_merge_tag_and_chart_push_end_to_end(tmp_path, docker_client, registry, helm_bin):

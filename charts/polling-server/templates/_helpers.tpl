@@ -39,15 +39,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 
-{{/* Keel annotations, rendered only when keel.enabled. */}}
+{{/* Keel annotations, rendered only when keel.enabled: the usual settings, then keel.annotations, which win. */}}
 {{- define "polling-server.keelAnnotations" -}}
 {{- if .Values.keel.enabled }}
-keel.sh/policy: {{ .Values.keel.policy | quote }}
-keel.sh/trigger: {{ .Values.keel.trigger | quote }}
-keel.sh/pollSchedule: {{ .Values.keel.pollSchedule | quote }}
-{{- if .Values.keel.matchTag }}
-keel.sh/match-tag: "true"
-{{- end }}
+{{- $k := .Values.keel }}
+{{- $a := dict "keel.sh/policy" (toString $k.policy) "keel.sh/trigger" (toString $k.trigger) "keel.sh/pollSchedule" (toString $k.pollSchedule) }}
+{{- if $k.matchTag }}{{- $_ := set $a "keel.sh/match-tag" "true" }}{{- end }}
+{{- if $k.approvals }}{{- $_ := set $a "keel.sh/approvals" (toString $k.approvals) }}{{- end }}
+{{- if $k.approvalDeadline }}{{- $_ := set $a "keel.sh/approvalDeadline" (toString $k.approvalDeadline) }}{{- end }}
+{{- if $k.notify }}{{- $_ := set $a "keel.sh/notify" (toString $k.notify) }}{{- end }}
+{{- range $name, $value := $k.annotations }}{{- $_ := set $a $name (toString $value) }}{{- end }}
+{{- toYaml $a }}
 {{- end }}
 {{- end }}
 
