@@ -23,7 +23,8 @@ from polling_server.planning.model import BuildStatus
 from polling_server.planning.versions import parse_release_tag
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
-COMMANDS = ("run", "check-config", "status", "rollback", "hold", "unhold", "approve", "reject")
+COMMANDS = ("run", "check-config", "status", "logs", "rollback", "hold", "unhold", "approve", "reject")
+FOLLOW_POLL_SECONDS = 0.5
 
 
 def version() -> str:
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     command("check-config", "validate the configuration and exit")
     status = command("status", "what is stored: per repository head, latest tag, last build; recent applies")
     status.add_argument("--json", action="store_true", help="print JSON")
+    logs = command("logs", "print a build's log (its output, secrets masked)")
+    logs.add_argument("build_id", type=int, metavar="BUILD_ID", help="the build's number (see status)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing while the build runs")
     rb = command("rollback", "move staging (or another mutable tag) back to an earlier build's image, and hold")
     rb.add_argument("--repo", required=True, help="the repository's name in the configuration")
     rb.add_argument("--to", required=True, metavar="TARGET",
@@ -128,6 +132,8 @@ def _dispatch(args) -> int:
         return EXIT_OK
     if args.command == "status":
         return _status(settings, args.json)
+    if args.command == "logs":
+        return _logs(settings, args.build_id, args.follow)
     if args.command in ("rollback", "hold", "unhold", "approve", "reject"):
         return _operate(settings, args)
 
@@ -271,6 +277,35 @@ def _status(settings: Settings, as_json: bool) -> int:
     for g in gated:
         print(f"awaiting approval: {g['repository']} {g['tag']} ({g['sha'][:12]}) since {g['since']}")
     return EXIT_OK
+
+
+def _logs(settings: Settings, build_id: int, follow: bool) -> int:
+    from pathlib import Path
+
+    from polling_server.errors import OperatorError
+    from polling_server.state import StateStore
+    from polling_server.web.views import CUT_MARKER, log_chunk
+
+    if not Path(settings.state_path).exists():
+        raise OperatorError(f"there is no build {build_id} (no state database at {settings.state_path} yet)")
+    # A snapshot is enough to print a log; following one needs the file itself, which the daemon keeps writing.
+    store = StateStore(settings.state_path) if follow else StateStore.in_memory_copy(settings.state_path)
+    offset = 0
+    try:
+        while True:
+            chunk = log_chunk(store, build_id, offset, settings.secret_values())
+            if chunk["cut"]:
+                sys.stdout.write(CUT_MARKER.format(max_bytes=settings.builds.log_max_bytes))
+            sys.stdout.write(chunk["text"])
+            sys.stdout.flush()
+            offset = chunk["next_offset"]
+            if not follow or chunk["complete"]:
+                return EXIT_OK
+            time.sleep(FOLLOW_POLL_SECONDS)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        store.close()
 
 
 def _when(ts: float | None) -> str | None:

@@ -85,8 +85,8 @@ class KubernetesBuildSettings:
     """`builds.kubernetes`: each build is one Job running rootless BuildKit in `namespace`."""
 
     namespace: str = "cd-builds"
-    image: str = "moby/buildkit:v0.23.2-rootless"
-    init_image: str = "alpine/git:2.47.2"
+    image: str = "moby/buildkit:v0.33.1-rootless"
+    init_image: str = "alpine/git:v2.54.0"
     resources: Mapping[str, Any] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -532,7 +532,7 @@ def _notifications(top: _Reader) -> tuple[NotificationTarget, ...]:
     targets = []
     for i, item in enumerate(raw):
         n = _Reader(top.source, f"notifications[{i}]", item, top.env)
-        events = _string_list(n, "events", r"^[a-z_]+\.[a-z_]+$")
+        events = _string_list(n, "events", r"^[a-z_]+(\.[a-z_]+)?$")
         target = NotificationTarget(
             name=n.get("name", str, f"notification-{i}"),
             url=Secret(n.get("url", str, check=_http_url)),

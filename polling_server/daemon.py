@@ -1,7 +1,8 @@
 """Wires the poller together (the one place where parts meet) and runs it: once, or under APScheduler.
 
 Jobs: a short tick that polls every repository whose own next poll is due (detect -> plan -> save), the chart
-poll, sending due apply requests, and moving the mutable image tags (also after every build); the build worker runs
+poll, sending due apply requests, moving the mutable image tags (also after every build), and, hourly, pruning old
+builds with their logs (`builds.keep` per repository; also after `--once`); the build worker runs
 beside them on its own threads, so a slow build never delays detection. APScheduler's job defaults are explicit:
 one instance per job, missed runs coalesced, a grace time for late runs; a job's exception is logged by APScheduler
 and the schedule goes on.
@@ -17,7 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.5  # how often due repositories are looked for: the precision of every poll interval
 APPLY_SEND_INTERVAL_SECONDS = 5.0
 TAG_RECONCILE_INTERVAL_SECONDS = 30.0
+PRUNE_INTERVAL_SECONDS = 3600.0  # old builds and their logs go slowly: nothing waits for the space
+PRUNE_FIRST_DELAY_SECONDS = 60.0
 HEALTH_TICK_LIMIT_SECONDS = 120.0
 _AUTO = object()
 
@@ -122,10 +125,11 @@ class Daemon:
         if self.dry_run:
             raise RuntimeError("a dry run builds nothing")
         if self._worker is None:
-            from polling_server.builds.docker_engine import ImageBuilder
+            from polling_server.builds.backend import backends_for
             from polling_server.builds.worker import BuildWorker
 
-            builder = self._builder or ImageBuilder(self.settings, github_budget=self.github_budget)
+            # The Docker engine, Kubernetes Jobs, or both: each repository builds with its own `backend`.
+            builder = self._builder or backends_for(self.settings, self.store, github_budget=self.github_budget)
             self._worker = BuildWorker(self.settings, self.store, builder, self.metrics, tag_mover=self.tag_mover)
         return self._worker
 
@@ -188,6 +192,19 @@ class Daemon:
         mover = self.tag_mover
         return [] if mover is None else mover.reconcile_all()
 
+    def prune_builds(self) -> int:
+        """Delete the oldest finished builds (with their logs) beyond `builds.keep` per repository."""
+        if self.dry_run:
+            return 0
+        try:
+            pruned = self.store.prune_builds(self.settings.builds.keep)
+        except StateError as e:
+            log_event(log, "state.write_failed", "warning", f"cannot prune old builds: {e}", reason=str(e))
+            return 0
+        if pruned:
+            log_event(log, "builds.pruned", count=pruned, keep=self.settings.builds.keep)
+        return pruned
+
     # --- modes --------------------------------------------------------------------------------------------
     def run_once(self) -> OnceReport:
         """One full cycle: poll everything, then (unless dry-run) run the due builds and send due applies."""
@@ -209,6 +226,7 @@ class Daemon:
             report.builds = self.worker.run_until_idle()
             self.move_tags()
             report.applies = self.send_applies()
+            self.prune_builds()
         return report
 
     def health(self) -> tuple[bool, dict]:
@@ -240,7 +258,8 @@ class Daemon:
         """Start the health endpoint, the scheduler and the build worker (non-blocking)."""
         if self.settings.http.enabled and self.server is None:
             # First, so a port in use ends the start before anything else runs.
-            app = create_app(self.metrics, self.health, self.ready, self.receiver)
+            app = create_app(self.metrics, self.health, self.ready, self.receiver, store=self.store,
+                             settings=self.settings)
             self.server = HttpServer(app, self.settings.http.host, self.settings.http.port)
         hooks = self.settings.webhooks
         if hooks.port is not None and self.hooks_server is None:
@@ -267,6 +286,8 @@ class Daemon:
             if self.tag_mover is not None:
                 self.scheduler.add_job(self.move_tags, "interval", seconds=TAG_RECONCILE_INTERVAL_SECONDS,
                                        id="move-tags", next_run_time=first)
+            self.scheduler.add_job(self.prune_builds, "interval", seconds=PRUNE_INTERVAL_SECONDS, id="prune-builds",
+                                   next_run_time=first + timedelta(seconds=PRUNE_FIRST_DELAY_SECONDS))
         self.scheduler.start()
         for server in (self.server, self.hooks_server):
             if server is not None:

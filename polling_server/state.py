@@ -619,8 +619,8 @@ class StateStore:
                 "lease_expires_at = NULL WHERE id = ?",
                 (status.value, error[:4000], now + (retry_in or 0), None if retry else now, build_id),
             )
-            if retry and self._supersede_if_overtaken(db, row, now):
-                status = BuildStatus.SUPERSEDED
+            if self._supersede_if_overtaken(db, row, now):
+                status = BuildStatus.SUPERSEDED  # overtaken: neither retried nor a failure of the newest plan
         return status
 
     def requeue_interrupted(self) -> list[BuildRecord]:
@@ -758,6 +758,27 @@ class StateStore:
         with self._tx() as db:
             db.execute("UPDATE builds SET log_complete = 1 WHERE id = ?", (build_id,))
 
+    def prune_builds(self, keep: int) -> int:
+        """Delete, with their logs, each repository's oldest finished builds beyond its newest `keep`; returns how
+        many. Never one a mutable tag serves or a rollback names (a hold's rollback included), never the newest of
+        its branch or tag (the staging decision and the release gate read it), never a waiting or running one."""
+        finished = (BuildStatus.SUCCEEDED.value, BuildStatus.FAILED.value, BuildStatus.SUPERSEDED.value,
+                    BuildStatus.REJECTED.value)
+        with self._tx() as db:
+            ids = [r["id"] for r in db.execute(
+                "SELECT id FROM (SELECT id, status, ROW_NUMBER() OVER (PARTITION BY repo ORDER BY id DESC) AS n "
+                "FROM builds) WHERE n > ? AND status IN (?, ?, ?, ?) "
+                "AND id NOT IN (SELECT build_id FROM tag_positions) "
+                "AND id NOT IN (SELECT to_build FROM rollbacks) "
+                "AND id NOT IN (SELECT from_build FROM rollbacks WHERE from_build IS NOT NULL) "
+                "AND id NOT IN (SELECT MAX(id) FROM builds GROUP BY repo, kind, ref)",
+                (keep, *finished))]
+            if ids:
+                chosen = json.dumps(ids)
+                db.execute("DELETE FROM build_logs WHERE build_id IN (SELECT value FROM json_each(?))", (chosen,))
+                db.execute("DELETE FROM builds WHERE id IN (SELECT value FROM json_each(?))", (chosen,))
+        return len(ids)
+
     def read_log(self, build_id: int, offset: int = 0) -> tuple[str, int, bool, bool]:
         """(text from `offset`, the next offset, complete?, cut?) of a build's log. `cut`: the text before the
         kept window was dropped (the log is bounded, keeping the end); the text then starts where it was kept."""
@@ -883,11 +904,15 @@ class StateStore:
     def build(self, build_id: int) -> BuildRecord:
         return self._builds("WHERE id = ?", (build_id,))[0]
 
-    def builds(self, repo: str | None = None, status: BuildStatus | None = None, limit: int = 100) -> list[BuildRecord]:
+    def builds(self, repo: str | None = None, status: BuildStatus | None = None, limit: int = 100,
+               kind: BuildKind | None = None) -> list[BuildRecord]:
         clauses, args = [], []
         if repo is not None:
             clauses.append("repo = ?")
             args.append(repo)
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind.value)
         if status is not None:
             clauses.append("status = ?")
             args.append(status.value)

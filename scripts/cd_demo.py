@@ -61,6 +61,7 @@ class Pushed:
     tags: list[str]
     digest: str
     seconds: float
+    build_id: int | None = None
 
 
 @dataclass
@@ -72,6 +73,7 @@ class DemoResult:
     chart: str | None = None
     apply: dict = field(default_factory=dict)
     job_file: Path | None = None
+    status_url: str | None = None  # the poller's status page
 
 
 class Demo:
@@ -243,12 +245,14 @@ class Demo:
         self._wait_http(f"{self.api_url}/healthz", "helm-api")
         self.step(f"helm-api (offline: Jobs are recorded, not created) at {self.api_url}")
 
+        self.poller_port = _free_port()
+        self.status_url = f"http://127.0.0.1:{self.poller_port}/"
         config = {
             "state_path": "poller-state.db",
             "poll_interval_seconds": 1,
             "reconcile_interval_seconds": 5,
             "log_format": "json",
-            "http": {"host": "127.0.0.1", "port": _free_port()},
+            "http": {"host": "127.0.0.1", "port": self.poller_port},
             "registry": {"host": self.registry},
             "builds": {"retries": 0, "timeout_seconds": 600},
             "chart_repository": {"url": self.chart_url, "poll_interval_seconds": 1},
@@ -261,6 +265,7 @@ class Demo:
         self._start("polling-server", [self.python, "-m", "polling_server", "--config", str(self.config_file)],
                     {"DEMO_HELM_API_TOKEN": self.token}, follow=True)
         self.step(f"polling-server with {self.config_file} (state in {self.work / 'poller-state.db'})")
+        self.step(f"status page: {self.status_url} (builds, their logs, applies; it refreshes by itself)")
         self.wait_event("baseline of the repository", lambda e: e.get("event") == "baseline.recorded")
         self.wait_event("baseline of the charts", lambda e: e.get("event") == "charts.baseline_recorded")
         self.step("baselines recorded: nothing is built for what already existed")
@@ -276,7 +281,7 @@ class Demo:
         e = self.wait_event(f"{what}: build and push", lambda e: e.get("event") == "build.succeeded" and ours(e),
                             fail=lambda e: e.get("event") == "build.failed" and ours(e))
         tags = [t.rsplit(":", 1)[-1] for t in e.get("tags", [])]
-        pushed = Pushed(what, ref, sha, tags, e.get("digest", ""), time.monotonic() - t0)
+        pushed = Pushed(what, ref, sha, tags, e.get("digest", ""), time.monotonic() - t0, e.get("build_id"))
         self._verify_registry(pushed)
         self.step(f"  pushed {self.registry}/{self.image}:{{{','.join(tags)}}} {pushed.digest[:19]}... "
                   f"(read back from the registry) in {pushed.seconds:.1f}s")
@@ -337,6 +342,7 @@ class Demo:
         result = DemoResult(self.image, self.registry)
         self.prepare()
         self.start_services()
+        result.status_url = self.status_url
         result.staging = self.merge()
         result.release = self.tag()
         result.chart, result.apply = self.chart_push()
@@ -358,6 +364,10 @@ class Demo:
         lines.insert(1, "  ".join("-" * w for w in widths))
         if r.job_file:
             lines.append(f"\nThe Job helm-api would create: {r.job_file}")
+        if r.status_url:
+            lines.append(f"\nStatus page: {r.status_url}")
+            lines += [f"  {p.what}: build #{p.build_id} and its log at {r.status_url}builds/{p.build_id}"
+                      for p in (r.staging, r.release) if p and p.build_id]
         return "\n".join(lines)
 
 

@@ -6,11 +6,16 @@ server where it matters: metav1.Status error bodies (404 NotFound, 409 AlreadyEx
 stale resourceVersion precondition, 422 Invalid names/labels/templates), uid, creationTimestamp, increasing
 string resourceVersions, generateName, Job defaulting (labels from the pod template when empty, selector and
 controller-uid/job-name labels, parallelism/completions/backoffLimit/suspend...), label selectors
-(=, ==, !=, in, notin, exists) and merge/strategic-merge patches. A tiny "job controller" runs before every
-read: it stamps startTime on running Jobs and the Suspended condition on suspended ones.
+(=, ==, !=, in, notin, exists), paged lists (limit/continue) and merge/strategic-merge patches. A tiny "job
+controller" runs before every read: it stamps startTime on running Jobs and the Suspended condition on suspended
+ones, and gives each running Job one pod (labels from the template, job-name, owned by the Job). Deleting a Job
+(DELETE, with propagationPolicy) deletes its pods with Background/Foreground and orphans them otherwise, as the
+garbage collector does; pods are listed by label and their logs served as text (pods/log).
 
-Test hooks: ``add_cronjob``, ``complete_job``/``fail_job``, ``fail_next`` (next N matching requests answer
-an error status), ``requests`` (every request: method, path, query, content type, JSON body), ``jobs()``.
+Test hooks: ``add_cronjob``, ``add_job`` (optionally backdated), ``complete_job``/``fail_job``, ``fail_next``
+(next N matching requests answer an error status), ``requests`` (every request: method, path, query, content
+type, JSON body), ``jobs()``; for build Jobs ``on_job_created`` (play the Job as it is created), ``play_pod``
+(phase and container states, termination messages included), ``set_pod_log``, ``pods()``, ``deletions``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ _GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _JOBS = re.compile(r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/jobs$")
 _JOB = re.compile(r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/jobs/(?P<name>[^/]+)$")
 _CRONJOB = re.compile(r"^/apis/batch/v1/namespaces/(?P<ns>[^/]+)/cronjobs/(?P<name>[^/]+)$")
+_PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
+_POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/log$")
 MERGE_PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 
 
@@ -105,6 +112,12 @@ class KubeFake:
         self.lock = threading.RLock()
         self.cronjobs: dict[tuple[str, str], dict[str, Any]] = {}
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self._logs: dict[tuple[str, str, str], str] = {}
+        # (namespace, name, propagationPolicy or None) of every Job deleted through the API.
+        self.deletions: list[tuple[str, str, str | None]] = []
+        # Called with each Job created through the API (a copy), under the fake's lock: a test plays the Job here.
+        self.on_job_created: Any = None
         self._faults: list[Fault] = []
         self._rv = 1000
         self._server: ThreadingHTTPServer | None = None
@@ -189,10 +202,18 @@ class KubeFake:
         with self.lock:
             return copy.deepcopy(self._jobs[(namespace, name)])
 
-    def add_job(self, job: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
-        """Create a Job directly (as another client would), with the server's defaulting."""
+    def add_job(
+        self, job: dict[str, Any], namespace: str = "default", *, created_at: str | None = None
+    ) -> dict[str, Any]:
+        """Create a Job directly (as another client would), with the server's defaulting; ``created_at``
+        (RFC 3339) backdates its creationTimestamp."""
         with self.lock:
-            return self._create_job(namespace, copy.deepcopy(job))
+            created = self._create_job(namespace, copy.deepcopy(job))
+            if created_at is not None:
+                name = created["metadata"]["name"]
+                self._jobs[(namespace, name)]["metadata"]["creationTimestamp"] = created_at
+                created["metadata"]["creationTimestamp"] = created_at
+            return created
 
     def _finish(self, name: str, namespace: str, condition_types: list[tuple[str, str]], counts: dict) -> None:
         with self.lock:
@@ -226,12 +247,10 @@ class KubeFake:
             {"succeeded": 1},
         )
 
-    def fail_job(self, name: str, namespace: str = "default") -> None:
-        """The Job failed: FailureTarget and Failed conditions (a failed Job has no completionTime)."""
-        self._finish(
-            name, namespace, [("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")],
-            {"failed": 1},
-        )
+    def fail_job(self, name: str, namespace: str = "default", reason: str = "BackoffLimitExceeded") -> None:
+        """The Job failed: FailureTarget and Failed conditions (a failed Job has no completionTime); ``reason``
+        e.g. DeadlineExceeded for a Job past its activeDeadlineSeconds."""
+        self._finish(name, namespace, [("FailureTarget", reason), ("Failed", reason)], {"failed": 1})
 
     def posted_jobs(self) -> list[Any]:
         """The bodies of every POST of a Job, in arrival order."""
@@ -241,6 +260,139 @@ class KubeFake:
     def patches(self) -> list[RecordedRequest]:
         with self.lock:
             return [r for r in self.requests if r.method == "PATCH"]
+
+    # ----- pods of Jobs (the build backend's view) ------------------------------------------------------------
+
+    def pods(self, namespace: str = "default") -> list[dict[str, Any]]:
+        with self.lock:
+            return [copy.deepcopy(pod) for (ns, _), pod in sorted(self._pods.items()) if ns == namespace]
+
+    def job_pod(self, job_name: str, namespace: str = "default") -> dict[str, Any]:
+        """The pod the fake job controller made for a Job (it makes one as soon as the Job runs)."""
+        with self.lock:
+            job = self._jobs[(namespace, job_name)]
+            self._controller_tick(job)
+            return copy.deepcopy(self._pod_of(namespace, job_name))
+
+    def play_pod(self, job_name: str, namespace: str = "default", *, phase: str,
+                 containers: dict[str, dict[str, Any]], reason: str | None = None,
+                 message: str | None = None) -> None:
+        """Set the pod's phase and its containers' states, e.g. ``{"build": {"terminated": {"exitCode": 0,
+        "message": "..."}}}`` (init containers and containers alike, by name), as the kubelet reports them."""
+        with self.lock:
+            self._controller_tick(self._jobs[(namespace, job_name)])
+            pod = self._pod_of(namespace, job_name)
+            spec = pod["spec"]
+            status = pod["status"]
+            status["phase"] = phase
+            for key, value in (("reason", reason), ("message", message)):
+                if value is None:
+                    status.pop(key, None)
+                else:
+                    status[key] = value
+            for field_name, listed in (("initContainerStatuses", spec.get("initContainers") or []),
+                                       ("containerStatuses", spec.get("containers") or [])):
+                entries = []
+                for container in listed:
+                    state = containers.get(container["name"], {"waiting": {"reason": "PodInitializing"}})
+                    entries.append({"name": container["name"], "image": container.get("image", ""),
+                                    "imageID": "", "ready": "running" in state, "restartCount": 0,
+                                    "started": "running" in state, "state": copy.deepcopy(state)})
+                status[field_name] = entries
+            pod["metadata"]["resourceVersion"] = self.next_resource_version()
+
+    def set_pod_log(self, job_name: str, container: str, text: str, namespace: str = "default") -> None:
+        with self.lock:
+            self._controller_tick(self._jobs[(namespace, job_name)])
+            pod = self._pod_of(namespace, job_name)
+            self._logs[(namespace, pod["metadata"]["name"], container)] = text
+
+    def _pod_of(self, namespace: str, job_name: str) -> dict[str, Any]:
+        for (ns, _), pod in sorted(self._pods.items()):
+            if ns == namespace and pod["metadata"]["labels"].get("job-name") == job_name:
+                return pod
+        raise KeyError(f"Job {namespace}/{job_name} has no pod")
+
+    def _make_pod(self, job: dict[str, Any]) -> None:
+        """What the job controller does for a running Job: one pod from the template, owned by the Job."""
+        metadata = job["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        if any(ns == namespace and pod["metadata"]["labels"].get("job-name") == name
+               for (ns, _), pod in self._pods.items()):
+            return
+        template = copy.deepcopy(job["spec"]["template"])
+        pod_name = f"{name}-" + "".join(random.choices(_GENERATE_CHARS, k=5))
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod_name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self.next_resource_version(),
+                "creationTimestamp": now(),
+                "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                     "uid": metadata["uid"], "controller": True, "blockOwnerDeletion": True}],
+            },
+            "spec": template.get("spec") or {},
+            "status": {"phase": "Pending"},
+        }
+        self._pods[(namespace, pod_name)] = pod
+
+    def _delete_job(self, key: tuple[str, str], policy: str | None) -> dict[str, Any]:
+        """Delete a Job. Background or Foreground deletes its pods too; without a policy (the API's default for
+        Jobs is orphan) or with Orphan the pods stay, without their owner."""
+        job = self._jobs.pop(key)
+        self.deletions.append((key[0], key[1], policy))
+        uid = job["metadata"]["uid"]
+        for pod_key, pod in list(self._pods.items()):
+            owners = pod["metadata"].get("ownerReferences") or []
+            if pod_key[0] != key[0] or not any(o.get("uid") == uid for o in owners):
+                continue
+            if policy in ("Background", "Foreground"):
+                del self._pods[pod_key]
+            else:
+                pod["metadata"]["ownerReferences"] = [o for o in owners if o.get("uid") != uid]
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": key[1], "group": "batch", "kind": "jobs", "uid": uid}}
+
+    def _list_pods(self, namespace: str, selector: str) -> dict[str, Any]:
+        requirements = parse_selector(selector)
+        items = []
+        for (ns, _), pod in sorted(self._pods.items()):
+            if ns == namespace and all(req(pod["metadata"].get("labels") or {}) for req in requirements):
+                item = copy.deepcopy(pod)
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+                items.append(item)
+        return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self._rv)},
+                "items": items}
+
+    def _pod_log(self, namespace: str, pod_name: str, container: str | None) -> str:
+        pod = self._pods.get((namespace, pod_name))
+        if pod is None:
+            raise ApiError(404, "NotFound", f'pods "{pod_name}" not found', {"name": pod_name, "kind": "pods"})
+        spec = pod["spec"]
+        names = [c["name"] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+        if container is None:
+            if len(spec.get("containers") or []) != 1:
+                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {pod_name}, "
+                                                  f"choose one of: {names}")
+            container = spec["containers"][0]["name"]
+        if container not in names:
+            raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {pod_name}")
+        status = pod.get("status") or {}
+        entry = next((e for e in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses")
+                                                                                 or []) if e["name"] == container),
+                     None)
+        state = (entry or {}).get("state") or {}
+        if not (state.get("running") or state.get("terminated")):
+            reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
+            raise ApiError(400, "BadRequest",
+                           f'container "{container}" in pod "{pod_name}" is waiting to start: {reason}')
+        return self._logs.get((namespace, pod_name, container), "")
 
     # ----- server behaviour ---------------------------------------------------------------------------------
 
@@ -281,11 +433,25 @@ class KubeFake:
                 return 200, copy.deepcopy(self.cronjobs[key])
             if match := _JOBS.match(path):
                 if method == "GET":
-                    return 200, self._list_jobs(match["ns"], (query.get("labelSelector") or [""])[0])
+                    return 200, self._list_jobs(
+                        match["ns"],
+                        (query.get("labelSelector") or [""])[0],
+                        int((query.get("limit") or ["0"])[0] or 0),
+                        (query.get("continue") or [""])[0],
+                    )
                 if method == "POST":
                     if not isinstance(body, dict):
                         raise ApiError(400, "BadRequest", "the body of the request was not a JSON object")
-                    return 201, self._create_job(match["ns"], copy.deepcopy(body))
+                    created = self._create_job(match["ns"], copy.deepcopy(body))
+                    if self.on_job_created is not None:
+                        self.on_job_created(copy.deepcopy(created))
+                    return 201, created
+            if match := _PODS.match(path):
+                if method == "GET":
+                    return 200, self._list_pods(match["ns"], (query.get("labelSelector") or [""])[0])
+            if match := _POD_LOG.match(path):
+                if method == "GET":
+                    return 200, self._pod_log(match["ns"], match["name"], (query.get("container") or [None])[0])
             if match := _JOB.match(path):
                 key = (match["ns"], match["name"])
                 if key not in self._jobs:
@@ -295,9 +461,15 @@ class KubeFake:
                     return 200, copy.deepcopy(self._jobs[key])
                 if method == "PATCH":
                     return 200, self._patch_job(key, content_type, body)
+                if method == "DELETE":
+                    policy = (query.get("propagationPolicy") or [None])[0]
+                    if policy is None and isinstance(body, dict):
+                        policy = body.get("propagationPolicy")
+                    return 200, self._delete_job(key, policy)
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
-    def _list_jobs(self, namespace: str, selector: str) -> dict[str, Any]:
+    def _list_jobs(self, namespace: str, selector: str, limit: int = 0, continue_token: str = "") -> dict[str, Any]:
+        """The matching Jobs; with ``limit``, one page, and metadata.continue (here: the offset) for the next."""
         requirements = parse_selector(selector)
         items = []
         for (ns, _), job in sorted(self._jobs.items()):
@@ -309,12 +481,14 @@ class KubeFake:
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
                 items.append(item)
-        return {
-            "kind": "JobList",
-            "apiVersion": "batch/v1",
-            "metadata": {"resourceVersion": str(self._rv)},
-            "items": items,
-        }
+        metadata: dict[str, Any] = {"resourceVersion": str(self._rv)}
+        if limit > 0:
+            offset = int(continue_token or 0)
+            if offset + limit < len(items):
+                metadata["continue"] = str(offset + limit)
+                metadata["remainingItemCount"] = len(items) - offset - limit
+            items = items[offset : offset + limit]
+        return {"kind": "JobList", "apiVersion": "batch/v1", "metadata": metadata, "items": items}
 
     def _controller_tick(self, job: dict[str, Any]) -> None:
         """What the job controller would have done by now."""
@@ -341,6 +515,7 @@ class KubeFake:
                 status["startTime"] = now()
                 status["active"] = 1
                 changed = True
+            self._make_pod(job)
         if not conditions:
             status.pop("conditions")
         if changed:
@@ -517,9 +692,11 @@ class _Handler(BaseHTTPRequestHandler):
             code, answer = self.state.handle(
                 self.command, split.path, parse_qs(split.query), self.headers.get("Content-Type"), body
             )
-        data = json.dumps(answer).encode()
+        # pods/log answers text; everything else is JSON.
+        text = isinstance(answer, str)
+        data = answer.encode() if text else json.dumps(answer).encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -20,10 +20,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+from polling_server.builds.backend import backend_for
+from polling_server.builds.build_log import BuildLog
 from polling_server.builds.docker_engine import BuildResult, ImageBuilder
 from polling_server.builds.tag_mover import TagMover
 from polling_server.config import Settings
 from polling_server.errors import BuildError, BuildTimeout, StateError
+from polling_server.git_process import scrub
 from polling_server.logs import log_event
 from polling_server.metrics import Metrics
 from polling_server.planning.model import BuildStatus
@@ -39,6 +42,10 @@ MAX_BACKOFF_SECONDS = 3600.0
 def retry_delay(base: float, attempt: int) -> float:
     """Exponential backoff: base, 2*base, 4*base... after the 1st, 2nd, 3rd failed attempt (capped at an hour)."""
     return min(base * (2 ** max(attempt - 1, 0)), MAX_BACKOFF_SECONDS)
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def watchdog_grace(timeout: float) -> float:
@@ -67,6 +74,7 @@ class BuildWorker:
         self.builder = builder
         self.metrics = metrics
         self.tag_mover = tag_mover
+        self._secrets = settings.secret_values()  # masked in every build log
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -158,18 +166,29 @@ class BuildWorker:
         """Run a claimed build and record its outcome; never raises."""
         fields = {"repo": record.repo, "ref": record.ref, "sha": record.sha, "build_id": record.id}
         began = time.monotonic()
+        build_log = BuildLog(self.store, record.id, self._secrets, self.settings.builds.log_max_bytes,
+                             repo=record.repo)
         try:
             self._update_queue_gauge()
             try:
                 repo = self.settings.repository(record.repo)
             except KeyError:
+                build_log.line(f"== repository {record.repo!r} is no longer configured: not built")
+                build_log.close()
                 self.store.fail_build(record.id, f"repository {record.repo!r} is no longer configured", None)
                 log_event(log, "build.failed", "error", reason="repository no longer configured",
                           attempt=record.attempts, will_retry=False, **fields)
                 self._count("failed", began)
+                build_log.complete()
                 return self.store.build(record.id)
             log_event(log, "build.started", kind=record.kind.value, attempt=record.attempts, **fields)
-            result, error = self._attempt(record, repo)
+            build_log.line(f"== {_utc_now()} attempt {record.attempts} of {record.max_attempts}: "
+                           f"{record.kind.value} build of {record.repo} {record.ref} at {record.sha}")
+            result, error = self._attempt(record, repo, build_log)
+            # The whole log is written before the outcome: a reader that sees the build finished has all of it.
+            build_log.line(f"== {_utc_now()} pushed {' '.join(result.tags)} ({result.digest})" if result is not None
+                           else f"== {_utc_now()} attempt {record.attempts} failed: {type(error).__name__}: {error}")
+            build_log.close()
             if result is not None:
                 self.store.finish_build(record.id, list(result.tags), result.digest)
                 log_event(log, "build.succeeded", tags=list(result.tags), digest=result.digest,
@@ -184,8 +203,12 @@ class BuildWorker:
         except Exception:  # noqa: BLE001 - the worker outlives anything a build does
             log.exception("recording the outcome of build %s failed", record.id)
         finally:
+            build_log.close()
             self._update_queue_gauge()
             self._update_state_gauge()
+        current = self._current(record)
+        if current.status not in (BuildStatus.QUEUED, BuildStatus.RUNNING):
+            build_log.complete()  # ended (succeeded, failed for good, superseded): no attempt will add to it
         self._move_tags(record.repo)
         return self._current(record)
 
@@ -203,17 +226,20 @@ class BuildWorker:
         except Exception:  # noqa: BLE001 - a failed move is retried by the next reconcile
             log.exception("moving the image tags of %s failed", repo)
 
-    def _attempt(self, record: BuildRecord, repo) -> tuple[BuildResult | None, BaseException | None]:
+    def _attempt(self, record: BuildRecord, repo, build_log: BuildLog | None = None,
+                 ) -> tuple[BuildResult | None, BaseException | None]:
         """Run the builder on its own thread; give up on it once the time limit (plus grace) has passed."""
         attempt = _Attempt()
         short = record.sha[:12]
 
         def on_log(line: str) -> None:
-            output_log.info("%s@%s | %s", record.repo, short, line)
+            output_log.info("%s@%s | %s", record.repo, short, scrub(line, self._secrets))
+            if build_log is not None:
+                build_log.line(line)  # kept with the build (batched; a failed write never fails the build)
 
         def run() -> None:
             try:
-                attempt.result = self.builder.build(record, repo, on_log)
+                attempt.result = backend_for(self.builder, self.settings, repo).build(record, repo, on_log)
             except BaseException as e:  # noqa: BLE001 - handed to the worker, which records it
                 attempt.error = e
 

@@ -1,5 +1,6 @@
-"""The daemon's HTTP application: `/healthz` (liveness), `/readyz` (readiness), `/metrics`, and the webhook hooks
-(`/hooks/...`, web/receiver.py). `create_hooks_app` serves the hooks alone, for a listener that faces the internet
+"""The daemon's HTTP application: `/healthz` (liveness), `/readyz` (readiness), `/metrics`, the webhook hooks
+(`/hooks/...`, web/receiver.py) and the read-only status page with its JSON API (`/`, `/builds/...`, `/api/...`,
+web/status.py). `create_hooks_app` serves the hooks alone, for a listener that faces the internet
 while the rest stays inside the cluster.
 
 Liveness says only that the scheduler runs and polls: a full disk must not make the pod restart-loop. Readiness
@@ -14,8 +15,11 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from polling_server.config import Settings
 from polling_server.metrics import Metrics
+from polling_server.state import StateStore
 from polling_server.web.receiver import MAX_BODY_BYTES, HookAnswer, WebhookReceiver
+from polling_server.web.status import install_status_page
 
 Probe = Callable[[], tuple[bool, dict]]
 
@@ -70,10 +74,14 @@ def create_hooks_app(receiver: WebhookReceiver) -> Flask:
     return app
 
 
-def create_app(metrics: Metrics, health: Probe, ready: Probe, receiver: WebhookReceiver | None = None) -> Flask:
+def create_app(metrics: Metrics, health: Probe, ready: Probe, receiver: WebhookReceiver | None = None, *,
+               store: StateStore | None = None, settings: Settings | None = None) -> Flask:
+    """The daemon's endpoint; with `store` and `settings`, also the status page and its API (web/status.py)."""
     app = _base_app()
     if receiver is not None:
         app.register_blueprint(_hooks(receiver))
+    if store is not None and settings is not None:
+        install_status_page(app, store, settings)
 
     @app.get("/healthz")
     def healthz():

@@ -31,6 +31,9 @@ VALUE_SETS = [(chart, ()) for chart in CHART_NAMES] + [
     ("polling-server", ("polling-server-production.yaml", "polling-server-insecure-registry.yaml")),
     ("polling-server", ("polling-server-production.yaml", "keel-approvals.yaml")),
     ("helm-api", ("helm-api-production.yaml", "keel-approvals.yaml")),
+    ("polling-server", ("polling-server-production.yaml", "polling-server-webhooks.yaml")),
+    ("polling-server", ("polling-server-production.yaml", "polling-server-webhooks.yaml",
+                        "polling-server-status-and-notifications.yaml")),
 ]
 
 
@@ -231,22 +234,43 @@ POLLER_CONFIG_CASES = {
     "no-chart-watch": ("polling-server-no-chart-watch.yaml",),
     # Needs the poller's `registry.insecure` key (the lead adds it to polling_server/config.py).
     "insecure-registry": ("polling-server-production.yaml", "polling-server-insecure-registry.yaml"),
+    "webhooks": ("polling-server-production.yaml", "polling-server-webhooks.yaml",
+                 "polling-server-status-and-notifications.yaml"),
 }
+
+# What the Secrets read whole (envFrom) hold in these tests: their keys become the pod's variables.
+ENV_FROM_SECRETS = {"polling-server-notifications": ("SLACK_WEBHOOK_URL", "AUDIT_WEBHOOK_URL", "AUDIT_WEBHOOK_SECRET")}
+
+
+def _pod_env(container: dict, missing: tuple[str, ...] = ()) -> dict[str, str]:
+    """The variables the pod would see, with plausible values: URLs for *_URL, secrets long enough for the hooks.
+
+    `missing`: variables whose optional Secret key is absent (Kubernetes then leaves them unset).
+    """
+    names = [n for n in _env(container) if n not in missing]
+    for source in container.get("envFrom", []):
+        names += ENV_FROM_SECRETS[source["secretRef"]["name"]]
+    return {n: f"https://hooks.example.com/{n.lower()}" if n.endswith("_URL") else f"{n.lower()}-test-value"
+            for n in names}
+
+
+def _poller_settings(docs: list[dict], missing: tuple[str, ...] = ()):
+    import yaml
+
+    from polling_server.config import parse_settings
+
+    (cm,) = find(docs, "ConfigMap")
+    (deploy,) = find(docs, "Deployment")
+    container = next(c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "polling-server")
+    env = _pod_env(container, missing)
+    return parse_settings(yaml.safe_load(cm["data"]["config.yaml"]), "ConfigMap config.yaml", env), env
 
 
 @pytest.mark.parametrize("case", POLLER_CONFIG_CASES)
 def test_polling_server_config_is_accepted_by_the_poller(case):
     """The rendered ConfigMap passes the poller's own validation, with every ${VAR} the Deployment provides."""
-    import yaml
-
-    from polling_server.config import parse_settings
-
     docs = render("polling-server", *(VALUES_DIR / f for f in POLLER_CONFIG_CASES[case]))
-    (cm,) = find(docs, "ConfigMap")
-    (deploy,) = find(docs, "Deployment")
-    container = next(c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "polling-server")
-    env = {name: "x" for name in _env(container)}
-    settings = parse_settings(yaml.safe_load(cm["data"]["config.yaml"]), "ConfigMap config.yaml", env)
+    settings, env = _poller_settings(docs)
     assert settings.state_path.startswith("/var/lib/polling-server/")
     assert settings.http.port == 8081
     watching = case != "no-chart-watch"
@@ -254,6 +278,28 @@ def test_polling_server_config_is_accepted_by_the_poller(case):
     assert (settings.helm_api is not None) is watching
     if case == "insecure-registry":
         assert settings.registry.insecure is True
+    hooks = case == "webhooks"
+    assert settings.webhooks.port == (8082 if hooks else None)
+    for secrets, var in ((settings.webhooks.github_secrets, "GITHUB_WEBHOOK_SECRET"),
+                         (settings.webhooks.gitlab_tokens, "GITLAB_WEBHOOK_TOKEN"),
+                         (settings.webhooks.gitea_secrets, "GITEA_WEBHOOK_SECRET"),
+                         (settings.webhooks.charts_tokens, "CHARTS_WEBHOOK_TOKEN")):
+        assert list(secrets) == ([env[var]] if hooks else [])
+    assert settings.http.read_token == (env["STATUS_READ_TOKEN"] if hooks else None)
+    assert settings.http.public_url == ("https://cd.example.com" if hooks else None)
+    github = settings.github
+    budget = (450.0, 20, True, True) if hooks else (600.0, 10, False, None)
+    assert (github.max_requests_per_minute, github.max_concurrent_requests, github.org_feeds,
+            github.commit_statuses) == budget
+    if hooks:
+        assert [(n.name, n.url, n.format, n.events, n.secret) for n in settings.notifications] == [
+            ("team-chat", env["SLACK_WEBHOOK_URL"], "slack",
+             ("build.failed", "apply.job_failed", "release.awaiting_approval"), None),
+            ("audit", env["AUDIT_WEBHOOK_URL"], "json", ("build.failed", "build.superseded"),
+             env["AUDIT_WEBHOOK_SECRET"]),
+        ]
+    else:
+        assert settings.notifications == ()
 
 
 def test_polling_server_without_chart_watching_renders_no_chart_repository_nor_helm_api():
@@ -380,6 +426,13 @@ TYPOS = [
     ("helm-api", "replicas=2", "replicas"),
     ("helmsman-cronjob", "dss.fils.common=x", "fils"),
     ("helmsman-cronjob", "job.backofLimit=1", "backofLimit"),
+    ("polling-server", "webhooks.ingres.enabled=true", "ingres"),
+    ("polling-server", "webhooks.ingress.hosts={a.example.com}", "hosts"),
+    ("polling-server", "config.github.orgFeed=true", "orgFeed"),
+    ("polling-server", "config.http.publicURL=https://cd.example.com", "publicURL"),
+    ("polling-server", "secrets.statusPage.nmae=x", "nmae"),
+    ("polling-server", "secrets.webhooks.githubKey=x", "githubKey"),
+    ("polling-server", "secrets.notifications.key=x", "key"),
 ]
 
 
@@ -394,7 +447,13 @@ def test_values_schema_rejects_a_typo(command, chart, setting, typo):
 @pytest.mark.parametrize(
     ("chart", "setting"),
     [("polling-server", "config.registry.insecure=maybe"), ("helm-api", "keel.trigger=sometimes"),
-     ("helmsman-cronjob", "concurrencyPolicy=Parallel")],
+     ("helmsman-cronjob", "concurrencyPolicy=Parallel"),
+     ("polling-server", "config.github.maxRequestsPerMinute=901"),
+     ("polling-server", "config.github.maxConcurrentRequests=0"),
+     ("polling-server", "config.github.commitStatuses=sometimes"),
+     ("polling-server", "config.http.publicUrl=cd.example.com"),
+     ("polling-server", "webhooks.port=70000"),
+     ("polling-server", "webhooks.enabled=yes")],
 )
 def test_values_schema_rejects_a_wrong_type_or_value(chart, setting):
     result = run_helm("template", "x", str(CHARTS_DIR / chart), "--set", setting)
@@ -431,3 +490,158 @@ def test_polling_server_notes_list_only_the_secrets_it_reads():
     assert "Chart watching is off" in building_only
     assert "helm-api-token" not in building_only and "chartmuseum-auth" not in building_only
     assert "polling-server-github" in building_only and "helm test polling-server" in building_only
+
+
+
+# Webhooks, the status page, the GitHub budget and notifications.
+
+WEBHOOKS = VALUES_DIR / "polling-server-webhooks.yaml"
+STATUS_AND_NOTIFICATIONS = VALUES_DIR / "polling-server-status-and-notifications.yaml"
+PRODUCTION = VALUES_DIR / "polling-server-production.yaml"
+WEBHOOK_VARS = {"GITHUB_WEBHOOK_SECRET": "github-secret", "GITLAB_WEBHOOK_TOKEN": "gitlab-token",
+                "GITEA_WEBHOOK_SECRET": "gitea-secret", "CHARTS_WEBHOOK_TOKEN": "charts-token"}
+
+
+def _poller_container(docs: list[dict]) -> dict:
+    (deploy,) = find(docs, "Deployment")
+    return next(c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "polling-server")
+
+
+def _config(docs: list[dict]) -> dict:
+    import yaml
+
+    (cm,) = find(docs, "ConfigMap")
+    return yaml.safe_load(cm["data"]["config.yaml"])
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,), (PRODUCTION, STATUS_AND_NOTIFICATIONS)],
+                         ids=["defaults", "production", "status-page"])
+def test_polling_server_publishes_nothing_and_takes_no_hooks_by_default(files):
+    docs = render("polling-server", *files)
+    assert not find(docs, "Ingress")  # the status page and /metrics stay inside the cluster
+    (service,) = find(docs, "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    container = _poller_container(docs)
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert not set(_env(container)) & set(WEBHOOK_VARS)
+    assert "webhooks" not in _config(docs)
+
+
+def test_polling_server_hooks_have_their_own_port_and_the_ingress_routes_only_hooks():
+    docs = render("polling-server", PRODUCTION, WEBHOOKS)
+    container = _poller_container(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8081, "hooks": 8082}
+    assert _config(docs)["webhooks"]["port"] == ports["hooks"]  # the listener the poller opens is the one exposed
+    (service,) = find(docs, "Service")
+    by_name = {p["name"]: p for p in service["spec"]["ports"]}
+    assert by_name["hooks"] == {"name": "hooks", "port": 8082, "targetPort": "hooks", "protocol": "TCP"}
+    assert by_name["http"]["targetPort"] == "http"
+    (ingress,) = find(docs, "Ingress")
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"secretName": "cd-hooks-tls", "hosts": ["cd-hooks.example.com"]}]
+    assert ingress["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/proxy-body-size": "25m"}
+    assert "defaultBackend" not in spec
+    (rule,) = spec["rules"]
+    assert rule["host"] == "cd-hooks.example.com"
+    assert rule["http"]["paths"] == [{
+        "path": "/hooks/",
+        "pathType": "Prefix",
+        "backend": {"service": {"name": service["metadata"]["name"], "port": {"name": "hooks"}}},
+    }]
+
+
+def test_polling_server_webhooks_without_ingress_render_the_port_but_publish_nothing(tmp_path):
+    no_ingress = tmp_path / "no-ingress.yaml"
+    no_ingress.write_text("webhooks: {ingress: {enabled: false}}\n")
+    docs = render("polling-server", PRODUCTION, WEBHOOKS, no_ingress)
+    assert not find(docs, "Ingress")
+    (service,) = find(docs, "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http", "hooks"]
+
+
+def test_polling_server_webhook_secrets_come_from_optional_keys_of_one_secret():
+    docs = render("polling-server", PRODUCTION, WEBHOOKS)
+    env = _env(_poller_container(docs))
+    for var, key in WEBHOOK_VARS.items():
+        assert env[var]["valueFrom"] == {
+            "secretKeyRef": {"name": "polling-server-webhooks", "key": key, "optional": True}}, var
+    text = str(find(docs, "ConfigMap"))
+    assert all(f"${{{var}:-}}" in text for var in WEBHOOK_VARS)
+
+
+def test_polling_server_with_only_the_github_secret_configures_only_that_hook():
+    """A key missing from the Secret leaves its variable unset: the config still loads, that hook stays off."""
+    docs = render("polling-server", PRODUCTION, WEBHOOKS)
+    others = ("GITLAB_WEBHOOK_TOKEN", "GITEA_WEBHOOK_SECRET", "CHARTS_WEBHOOK_TOKEN")
+    settings, env = _poller_settings(docs, missing=others)
+    assert list(settings.webhooks.github_secrets) == [env["GITHUB_WEBHOOK_SECRET"]]
+    assert settings.webhooks.gitlab_tokens == settings.webhooks.gitea_secrets == settings.webhooks.charts_tokens == ()
+    assert settings.webhooks.port == 8082
+
+
+def test_polling_server_status_page_token_is_required_once_named_and_notification_urls_stay_out_of_the_configmap():
+    docs = render("polling-server", PRODUCTION, STATUS_AND_NOTIFICATIONS)
+    container = _poller_container(docs)
+    env = _env(container)
+    # Not optional: were the key missing, the pod must not start with an open page.
+    assert env["STATUS_READ_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "polling-server-status", "key": "read-token"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "polling-server-notifications"}}]
+    config = _config(docs)
+    assert config["http"]["read_token"] == "${STATUS_READ_TOKEN}"
+    assert config["http"]["public_url"] == "https://cd.example.com"
+    assert [n["url"] for n in config["notifications"]] == ["${SLACK_WEBHOOK_URL}", "${AUDIT_WEBHOOK_URL}"]
+    assert config["notifications"][1]["secret"] == "${AUDIT_WEBHOOK_SECRET}"
+    assert config["github"]["commit_statuses"] is True and config["github"]["org_feeds"] is True
+    assert "commit_statuses" not in _config(render("polling-server", PRODUCTION))["github"]  # unset: the poller decides
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["webhooks.enabled=true", "webhooks.port=8081"], "webhooks.port must differ from 8081"),
+        (["webhooks.enabled=true", "secrets.webhooks.name="], "webhooks.enabled needs secrets.webhooks.name"),
+        (["webhooks.enabled=true", "webhooks.ingress.enabled=true", "service.enabled=false"],
+         "webhooks.ingress needs service.enabled"),
+        (["secrets.notifications.name=n", "config.notifications[0].url=https://hooks.slack.com/services/T/B/x"],
+         "config.notifications[0].url must be ${VAR}"),
+        (["secrets.notifications.name=n", "config.notifications[0].url=${URL}",
+          "config.notifications[0].secret=plain-text-secret"], "config.notifications[0].secret must be ${VAR}"),
+        (["config.notifications[0].url=${URL}"], "config.notifications needs secrets.notifications.name"),
+    ],
+    ids=["hooks-on-http-port", "no-webhook-secret", "ingress-without-service", "literal-url", "literal-secret",
+         "no-notification-secret"],
+)
+def test_polling_server_refuses_unsafe_or_unworkable_hook_and_notification_values(settings, message):
+    args = ["template", "x", str(CHARTS_DIR / "polling-server")]
+    for setting in settings:
+        args += ["--set-string" if "url=" in setting or "secret=" in setting else "--set", setting]
+    result = run_helm(*args)
+    assert result.returncode != 0, f"helm template accepted {settings}"
+    assert message in result.stderr
+    assert "hooks.slack.com" not in result.stderr and "plain-text-secret" not in result.stderr
+
+
+def test_polling_server_notes_name_the_webhook_secret_and_payload_url_only_when_taking_hooks():
+    notes = render_notes("polling-server", PRODUCTION, WEBHOOKS, STATUS_AND_NOTIFICATIONS)
+    assert "polling-server-webhooks, each key optional: github-secret (GITHUB_WEBHOOK_SECRET)" in notes
+    assert "polling-server-status: read-token (STATUS_READ_TOKEN)" in notes
+    assert "polling-server-notifications: every key" in notes
+    assert "https://cd-hooks.example.com/hooks/github" in notes
+    plain = render_notes("polling-server", PRODUCTION)
+    assert "polling-server-webhooks" not in plain and "STATUS_READ_TOKEN" not in plain and "/hooks/" not in plain
+
+
+def test_readme_deploy_section_creates_the_webhook_secret_the_chart_reads():
+    import yaml
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy to a cluster"):]
+    secrets = yaml.safe_load((CHARTS_DIR / "polling-server" / "values.yaml").read_text())["secrets"]["webhooks"]
+    assert f"kubectl -n cd-system create secret generic {secrets['name']}" in deploy
+    for key in ("githubSecretKey", "gitlabTokenKey", "giteaSecretKey", "chartsTokenKey"):
+        assert f"--from-literal={secrets[key]}=" in deploy, key
+    assert "https://<host>/hooks/github" in deploy
+

@@ -57,6 +57,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-state" (include "polling-server.fullname" .)) .Values.persistence.existingClaim }}
 {{- end }}
 
+{{/* "true" when some repository builds with the given backend: config.builds.backend, or its own `backend`.
+Args: list $ backend */}}
+{{- define "polling-server.buildsWith" -}}
+{{- $root := index . 0 }}{{ $wanted := index . 1 }}
+{{- $default := $root.Values.config.builds.backend | default "docker" }}
+{{- $found := and (eq $default $wanted) (not $root.Values.config.repositories) }}
+{{- range $root.Values.config.repositories }}
+{{- if eq (.backend | default $default) $wanted }}{{ $found = true }}{{ end }}
+{{- end }}
+{{- $found }}
+{{- end }}
+
 {{/* One env var from a Secret key; skipped when the Secret name is empty. Args: list NAME secretName key */}}
 {{- define "polling-server.secretEnv" -}}
 {{- $var := index . 0 }}{{ $secret := index . 1 }}{{ $key := index . 2 }}
@@ -66,5 +78,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     secretKeyRef:
       name: {{ $secret }}
       key: {{ $key }}
+{{- end }}
+{{- end }}
+
+{{/* One env var from a Secret key that may be missing (the variable is then unset). Args: list NAME secretName key */}}
+{{- define "polling-server.optionalSecretEnv" -}}
+{{- $var := index . 0 }}{{ $secret := index . 1 }}{{ $key := index . 2 }}
+{{- if $secret }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+      optional: true
 {{- end }}
 {{- end }}
