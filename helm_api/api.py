@@ -12,12 +12,14 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from helm_api import jobs as J
 from helm_api.backend import JobBackend
 from helm_api.config import Settings
 from helm_api.errors import BadRequestError, HelmApiError, NotReadyError, UnauthorizedError
 from helm_api.logs import event_fields
 from helm_api.metrics import CONTENT_TYPE_LATEST, ApplyMetrics
 from helm_api.reconciler import Reconciler
+from helm_api.schedule import ApplySchedule
 from helm_api.service import ApplyService
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class HelmApiState:
     metrics: ApplyMetrics
     service: ApplyService
     reconciler: Reconciler
+    schedule: ApplySchedule | None = None
 
 
 def state() -> HelmApiState:
@@ -91,6 +94,9 @@ def _read_apply_body() -> tuple[str, str | None]:
             raise BadRequestError("request_id must be a non-empty string")
         if len(request_id) > MAX_REQUEST_ID_LENGTH:
             raise BadRequestError(f"request_id is too long (at most {MAX_REQUEST_ID_LENGTH} characters)")
+        if request_id.startswith(J.SCHEDULE_REQUEST_PREFIX):
+            # A client holding a slot's id would stand in for that slot, without the schedule's flag.
+            raise BadRequestError(f"request_id may not start with {J.SCHEDULE_REQUEST_PREFIX!r} (the schedule's)")
     return reason, request_id
 
 
@@ -104,7 +110,9 @@ def _requested_by() -> str:
 @require_token
 def post_apply() -> tuple[Response, int]:
     reason, request_id = _read_apply_body()
-    answer = state().service.apply(reason=reason, request_id=request_id, requested_by=_requested_by())
+    answer = state().service.apply(
+        reason=reason, request_id=request_id, requested_by=_requested_by(), origin="apply"
+    )
     return jsonify(answer), 200 if answer["duplicate"] else 202
 
 

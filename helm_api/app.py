@@ -1,4 +1,4 @@
-"""The Flask application factory: settings, backend, service, metrics and reconciler wired in one place."""
+"""The Flask application factory: settings, backend, service, metrics, reconciler and schedule wired in one place."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from helm_api.config import Settings, load_settings
 from helm_api.logs import event_fields
 from helm_api.metrics import ApplyMetrics
 from helm_api.reconciler import Reconciler
+from helm_api.schedule import ApplySchedule
 from helm_api.service import ApplyService
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -40,11 +41,14 @@ def create_app(
     api_client: Any = None,
     backend: JobBackend | None = None,
     start_reconciler: bool = True,
+    start_schedule: bool | None = None,
 ) -> Flask:
     """Build the app. ``test_config`` is a mapping read like the environment (HELM_API_* keys), instead of
     os.environ; ``settings`` skips that step. ``api_client`` (a kubernetes ApiClient) or ``backend``
     replace the ones built from the settings. The reconciler thread starts unless ``start_reconciler`` is
-    False; stop it with ``app.extensions["helm_api"].reconciler.stop()``."""
+    False; stop it with ``app.extensions["helm_api"].reconciler.stop()``. When HELM_API_SCHEDULE is set, the
+    schedule's thread starts with the reconciler unless ``start_schedule`` says otherwise; stop it with
+    ``app.extensions["helm_api"].schedule.stop()``."""
     app = Flask(__name__)
     app.json.sort_keys = False
     # A request body is a short JSON object: anything this big is refused (413, as JSON) before it is read.
@@ -59,21 +63,29 @@ def create_app(
     metrics = ApplyMetrics()
     service = ApplyService(backend, metrics)
     reconciler = Reconciler(service, settings.reconcile_seconds)
-    register(app, HelmApiState(settings, backend, metrics, service, reconciler))
+    schedule = (
+        ApplySchedule(service, settings.schedule, settings.schedule_timezone) if settings.schedule else None
+    )
+    register(app, HelmApiState(settings, backend, metrics, service, reconciler, schedule))
     if start_reconciler:
         reconciler.start()
+    if schedule is not None and (start_reconciler if start_schedule is None else start_schedule):
+        schedule.start()
     logging.getLogger(__name__).info(
-        "helm-api ready: namespace=%s cronjob=%s offline=%s anonymous=%s",
+        "helm-api ready: namespace=%s cronjob=%s offline=%s anonymous=%s schedule=%r",
         settings.namespace,
         settings.cronjob_name,
         settings.offline,
         settings.allow_anonymous,
+        settings.schedule or "",
         extra=event_fields(
             "app.ready",
             namespace=settings.namespace,
             cronjob=settings.cronjob_name,
             offline=settings.offline,
             anonymous=settings.allow_anonymous,
+            schedule=settings.schedule or "",
+            schedule_timezone=settings.schedule_timezone,
         ),
     )
     return app

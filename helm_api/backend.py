@@ -37,7 +37,7 @@ class JobBackend(Protocol):
         """The configured CronJob."""
 
     def list_jobs(self, label_selector: str) -> list[dict[str, Any]]:
-        """Jobs in the namespace matching the selector."""
+        """Jobs in the namespace matching the selector; every Job of the namespace for an empty selector."""
 
     def read_job(self, name: str) -> dict[str, Any]:
         """One Job by name."""

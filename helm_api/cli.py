@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"helm-api: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 1
     finally:
+        if state.schedule is not None:
+            state.schedule.stop()
         state.reconciler.stop()
         state.backend.close()
     return 0

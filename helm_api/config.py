@@ -8,6 +8,8 @@ Variables:
     HELM_API_NAMESPACE                    default: the pod's namespace in-cluster, else "default"
     HELM_API_CRONJOB                      default "helmsman-cronjob"
     HELM_API_RECONCILE_SECONDS            default 10
+    HELM_API_SCHEDULE                     re-apply schedule, a cron expression (`0 * * * *`); unset or empty: none
+    HELM_API_SCHEDULE_TZ                  time zone of the schedule, an IANA name, default UTC
     HELM_API_OFFLINE_CRONJOB_FILE         offline mode: read the CronJob from this YAML file, create nothing
     HELM_API_OFFLINE_JOBS_DIR             offline mode: also write each Job as YAML into this directory
     KUBECONFIG                            used when not in-cluster (else ~/.kube/config)
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from helm_api.errors import ConfigError
 from helm_api.logs import LOG_FORMATS
+from helm_api.schedule import parse_schedule, parse_timezone
 from helm_api.server import ServerSettings
 
 SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -54,6 +57,8 @@ class Settings:
     offline_jobs_dir: Path | None = None
     in_cluster: bool = False
     kubeconfig: str | None = None
+    schedule: str | None = None
+    schedule_timezone: str = "UTC"
 
     @property
     def offline(self) -> bool:
@@ -116,6 +121,17 @@ def _read_reconcile_seconds(environ: Mapping[str, str]) -> float:
     if not 0 < value <= 3600:
         raise ConfigError(f"HELM_API_RECONCILE_SECONDS must be between 0 and 3600 seconds, got {raw!r}")
     return value
+
+
+def _read_schedule(environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(expression or None, time zone), both checked now: a bad one stops the start, not the first slot."""
+    expression = _get(environ, "HELM_API_SCHEDULE")
+    timezone = _get(environ, "HELM_API_SCHEDULE_TZ") or "UTC"
+    parse_timezone(timezone)
+    if expression is not None:
+        expression = " ".join(expression.split())
+        parse_schedule(expression, timezone)
+    return expression, timezone
 
 
 def _read_int(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -185,6 +201,8 @@ def load_settings(
     if jobs_dir is not None and Path(jobs_dir).exists() and not Path(jobs_dir).is_dir():
         raise ConfigError(f"HELM_API_OFFLINE_JOBS_DIR: {jobs_dir} exists and is not a directory")
 
+    schedule, schedule_timezone = _read_schedule(source)
+
     return Settings(
         namespace=_read_namespace(source, in_cluster, namespace_file),
         cronjob_name=cronjob_name,
@@ -195,4 +213,6 @@ def load_settings(
         offline_jobs_dir=Path(jobs_dir) if jobs_dir else None,
         in_cluster=in_cluster,
         kubeconfig=_get(source, "KUBECONFIG"),
+        schedule=schedule,
+        schedule_timezone=schedule_timezone,
     )

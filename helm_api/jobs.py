@@ -2,9 +2,14 @@
 
 Nothing here does I/O. Objects are plain dicts shaped exactly like the Kubernetes API's JSON.
 
-How the queue works without a lock: every apply Job carries a sequence number (annotation). The next Job
-always gets ``max(sequence) + 1`` and a name derived from the CronJob's uid and that number, so every caller
-and every replica that sees the same cluster state tries to create the same name; the API server's
+What counts as a helmsman run: every Job the CronJob controls (an ownerReference to it with
+``controller: true``), as the CronJob controller itself counts them. That is our own Jobs, the CronJob
+controller's scheduled ones and ``kubectl create job --from`` ones alike: while any of them runs, a new apply
+waits. Only our own Jobs (our label) ever wait or get resumed by us; a Job we did not create is ``manual``.
+
+How the queue works without a lock: every apply Job of ours carries a sequence number (annotation). The next
+Job always gets ``max(sequence) + 1`` and a name derived from the CronJob's uid and that number, so every
+caller and every replica that sees the same cluster state tries to create the same name; the API server's
 409 AlreadyExists picks one winner and the others re-list and plan again.
 """
 
@@ -21,7 +26,7 @@ from helm_api.errors import InvalidCronJobError
 
 INSTANTIATE_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 
-# The one label of our own: its value identifies the CronJob the Job was made from.
+# The one label of our own: it marks the Jobs helm-api created; its value names the CronJob they were made from.
 APPLY_LABEL = "helmsman-cd.io/apply-for"
 
 # Annotations of our own (everything else on the Job is what kubectl would set).
@@ -30,6 +35,15 @@ REASON_ANNOTATION = "helmsman-cd.io/apply-reason"
 REQUESTED_BY_ANNOTATION = "helmsman-cd.io/apply-requested-by"
 REQUESTED_AT_ANNOTATION = "helmsman-cd.io/apply-requested-at"
 REQUEST_IDS_ANNOTATION = "helmsman-cd.io/apply-request-ids"
+ORIGIN_ANNOTATION = "helmsman-cd.io/apply-origin"
+
+# Request ids of the schedule's slots start with this; clients may not use it (helm_api.api refuses it).
+SCHEDULE_REQUEST_PREFIX = "schedule/"
+# helmsman decides per release from helm's records (helm diff against the release), not from the live objects,
+# so a hand edit (`kubectl edit`) leaves no diff and plain `--apply` skips the release. This flag upgrades every
+# release anyway; helm 3's three-way merge then puts the chart's fields back. Scheduled runs only.
+ALWAYS_UPGRADE_FLAG = "--always-upgrade"
+HELMSMAN_CONTAINER = "helmsman"
 
 MAX_NAME_LENGTH = 63
 HASH_LENGTH = 10
@@ -38,6 +52,8 @@ MAX_REQUEST_IDS = 200
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 FINISHED_STATES = frozenset({"succeeded", "failed"})
+# apply: POST /apply; schedule: a slot of HELM_API_SCHEDULE; manual: a Job of the CronJob that we did not create.
+Origin = Literal["apply", "schedule", "manual"]
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -64,11 +80,6 @@ def apply_label_value(cronjob_name: str) -> str:
     if len(cronjob_name) <= MAX_NAME_LENGTH:
         return cronjob_name
     return apply_job_name(cronjob_name, cronjob_name)
-
-
-def apply_label_selector(cronjob_name: str) -> str:
-    """The label selector that lists the apply Jobs of this CronJob."""
-    return f"{APPLY_LABEL}={apply_label_value(cronjob_name)}"
 
 
 def check_cronjob(cronjob: Mapping[str, Any]) -> None:
@@ -133,6 +144,71 @@ def job_from_cronjob(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_metadata, "spec": spec}
 
 
+def with_helmsman_flag(job: Mapping[str, Any], flag: str) -> dict[str, Any]:
+    """A copy of ``job`` whose helmsman container also gets ``flag``, after its other arguments.
+
+    The container is the one named ``helmsman``, else the only one. The flag goes at the end of ``args`` when
+    the container has args, else at the end of ``command`` (the chart puts all of helmsman's flags there). A
+    container with neither runs its image's entrypoint, whose arguments we cannot extend: refused.
+    """
+    copied: dict[str, Any] = json.loads(json.dumps(job))
+    name = (copied.get("metadata") or {}).get("name")
+    containers = ((copied.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    named = [c for c in containers if c.get("name") == HELMSMAN_CONTAINER]
+    if named:
+        container = named[0]
+    elif len(containers) == 1:
+        container = containers[0]
+    else:
+        raise InvalidCronJobError(
+            f"cannot add {flag} to Job {name}: no container named {HELMSMAN_CONTAINER!r} among {len(containers)}"
+        )
+    for key in ("args", "command"):
+        values = container.get(key)
+        if values:
+            if flag not in values:
+                container[key] = [*values, flag]
+            return copied
+    raise InvalidCronJobError(
+        f"cannot add {flag} to Job {name}: container {container.get('name')!r} has neither command nor args"
+    )
+
+
+def is_run_of(job: Mapping[str, Any], cronjob_name: str) -> bool:
+    """True when the CronJob ``cronjob_name`` controls ``job`` (ownerReference with ``controller: true``).
+
+    Matched by kind and name, as the CronJob controller matches its Jobs: a Job left by an earlier CronJob of
+    the same name (other uid) still counts while it lives, which only ever makes us wait, never run twice.
+    """
+    for ref in (job.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            ref.get("controller") is True
+            and ref.get("kind") == "CronJob"
+            and str(ref.get("apiVersion", "")).startswith("batch/")
+            and ref.get("name") == cronjob_name
+        ):
+            return True
+    return False
+
+
+def is_own_job(job: Mapping[str, Any]) -> bool:
+    """A Job helm-api created (it carries our label)."""
+    return APPLY_LABEL in ((job.get("metadata") or {}).get("labels") or {})
+
+
+def job_origin(job: Mapping[str, Any]) -> Origin:
+    """apply or schedule for our own Jobs (our origin annotation, else the creator's request id), else manual."""
+    if not is_own_job(job):
+        return "manual"
+    annotated = ((job.get("metadata") or {}).get("annotations") or {}).get(ORIGIN_ANNOTATION)
+    if annotated == "schedule":
+        return "schedule"
+    if annotated == "apply":
+        return "apply"
+    ids = job_request_ids(job)
+    return "schedule" if ids and ids[0].startswith(SCHEDULE_REQUEST_PREFIX) else "apply"
+
+
 def _true_condition(job: Mapping[str, Any], condition_type: str) -> Mapping[str, Any] | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == condition_type and condition.get("status") == "True":
@@ -189,17 +265,27 @@ def encode_request_ids(request_ids: Sequence[str]) -> str:
 
 
 def newest_first(jobs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Apply Jobs ordered newest first (by sequence, then creation time, then name)."""
+    """Runs ordered newest first by creation time, ours and foreign alike; within one second (the API
+    server's resolution) by our sequence, then by name."""
 
-    def key(job: Mapping[str, Any]) -> tuple[int, str, str]:
+    def key(job: Mapping[str, Any]) -> tuple[str, int, str]:
         metadata = job.get("metadata") or {}
-        return (job_sequence(job), metadata.get("creationTimestamp") or "", metadata.get("name") or "")
+        # RFC 3339 in UTC with a Z, as the API server writes it: the strings sort as the times do.
+        return (metadata.get("creationTimestamp") or "", job_sequence(job), metadata.get("name") or "")
 
     return sorted(jobs, key=key, reverse=True)
 
 
+def _oldest_by_sequence(jobs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    def key(job: Mapping[str, Any]) -> tuple[int, str, str]:
+        metadata = job.get("metadata") or {}
+        return (job_sequence(job), metadata.get("creationTimestamp") or "", metadata.get("name") or "")
+
+    return sorted(jobs, key=key)
+
+
 def summarize_job(job: Mapping[str, Any]) -> dict[str, Any]:
-    """What the HTTP API tells about one apply Job."""
+    """What the HTTP API tells about one run (a Job we did not create has origin manual and sequence 0)."""
     metadata = job.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     status = job.get("status") or {}
@@ -207,6 +293,7 @@ def summarize_job(job: Mapping[str, Any]) -> dict[str, Any]:
         "job": metadata.get("name"),
         "namespace": metadata.get("namespace"),
         "state": job_state(job),
+        "origin": job_origin(job),
         "sequence": job_sequence(job),
         "reason": annotations.get(REASON_ANNOTATION),
         "requested_by": annotations.get(REQUESTED_BY_ANNOTATION),
@@ -256,10 +343,14 @@ ApplyStep = Duplicate | Create | Resume | Coalesce
 def split_jobs(
     jobs: Sequence[Mapping[str, Any]],
 ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """(running, waiting) apply Jobs, each oldest first."""
-    ordered = list(reversed(newest_first(jobs)))
+    """(running, waiting) among the runs of the CronJob, each oldest first.
+
+    Running: every run that runs, ours or not (a scheduled or ``kubectl create job --from`` Job runs helmsman
+    too). Waiting: our own suspended Jobs only; a suspended Job of someone else's is not ours to start.
+    """
+    ordered = _oldest_by_sequence(jobs)
     running = [job for job in ordered if job_state(job) == "running"]
-    waiting = [job for job in ordered if job_state(job) == "queued"]
+    waiting = [job for job in ordered if job_state(job) == "queued" and is_own_job(job)]
     return running, waiting
 
 
@@ -279,7 +370,7 @@ def next_job_name(cronjob: Mapping[str, Any], sequence: int) -> str:
 def plan_apply(
     cronjob: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]], request_id: str | None
 ) -> ApplyStep:
-    """Decide the next step of an /apply from the apply Jobs the API server listed."""
+    """Decide the next step of an /apply from the runs of the CronJob the API server listed (see is_run_of)."""
     if request_id:
         existing = find_by_request_id(jobs, request_id)
         if existing is not None:
@@ -289,12 +380,12 @@ def plan_apply(
         return Resume(waiting[0])
     if waiting:
         return Coalesce(waiting[0])
-    sequence = max((job_sequence(job) for job in jobs), default=0) + 1
+    sequence = max((job_sequence(job) for job in jobs if is_own_job(job)), default=0) + 1
     return Create(next_job_name(cronjob, sequence), sequence, suspend=bool(running))
 
 
 def plan_reconcile(jobs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The waiting Job to resume now, if nothing runs; else None."""
+    """Our waiting Job to resume now, if no run of the CronJob runs; else None."""
     running, waiting = split_jobs(jobs)
     if waiting and not running:
         return waiting[0]

@@ -32,6 +32,9 @@ from helm_api.errors import (
 # (connect, read) seconds for every API call.
 REQUEST_TIMEOUT = (5.0, 20.0)
 MERGE_PATCH = "application/merge-patch+json"
+# Jobs are listed in pages of this size; past MAX_LIST_PAGES pages the namespace is too full to trust a plan.
+LIST_PAGE_SIZE = 500
+MAX_LIST_PAGES = 40
 
 
 def build_api_client(settings: Settings) -> k8s.ApiClient:
@@ -141,16 +144,27 @@ class KubernetesBackend:
         )
 
     def list_jobs(self, label_selector: str) -> list[dict[str, Any]]:
-        listed = self._call(
-            "list jobs.batch",
-            lambda: self._batch.list_namespaced_job(
-                self.namespace,
-                label_selector=label_selector,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            ),
+        """Every matching Job, page by page (the namespace may hold many Jobs besides helmsman's)."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": LIST_PAGE_SIZE}
+            if token:
+                kwargs["_continue"] = token
+            listed = self._call(
+                "list jobs.batch",
+                lambda kwargs=kwargs: self._batch.list_namespaced_job(
+                    self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
+                ),
+            )
+            items.extend(listed.get("items") or [])
+            token = (listed.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+        raise BackendError(
+            f"more than {MAX_LIST_PAGES * LIST_PAGE_SIZE} Jobs in namespace {self.namespace}; "
+            "delete finished ones (ttlSecondsAfterFinished)"
         )
-        return list(listed.get("items") or [])
 
     def _job_not_found(self, name: str) -> Callable[[], Exception]:
         return lambda: JobNotFoundError(f"Job {name} not found in namespace {self.namespace}", job=name)

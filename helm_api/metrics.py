@@ -11,11 +11,21 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["APPLY_ERRORS", "CONTENT_TYPE_LATEST", "CREATED_STATES", "FINISHED_STATES", "ApplyMetrics"]
+__all__ = [
+    "APPLY_ERRORS",
+    "CONTENT_TYPE_LATEST",
+    "CREATED_STATES",
+    "FINISHED_STATES",
+    "SCHEDULE_OUTCOMES",
+    "ApplyMetrics",
+]
 
 # A new Job starts running, or waits suspended behind the running one.
 CREATED_STATES = ("running", "queued")
 FINISHED_STATES = ("succeeded", "failed")
+# What a slot of the schedule did: created a Job, joined the waiting one, found its id already on a Job (another
+# replica acted first), failed, or was skipped (the scheduler ran too late to name its slot).
+SCHEDULE_OUTCOMES = ("created", "coalesced", "duplicate", "failed", "skipped")
 # The errors a POST /apply can end with (class names from helm_api.errors); others still count, from their first.
 APPLY_ERRORS = (
     "BackendError",
@@ -55,12 +65,17 @@ class ApplyMetrics:
         )
         self.reconcile_runs = Counter("helm_api_reconcile_runs", "reconciler passes", registry=r)
         self.reconcile_failures = Counter("helm_api_reconcile_failures", "reconciler passes that failed", registry=r)
+        self.schedule_slots = Counter(
+            "helm_api_schedule_slots", "slots of the re-apply schedule, by outcome", ["outcome"], registry=r
+        )
         for state in CREATED_STATES:
             self.applies_created.labels(state=state)
         for state in FINISHED_STATES:
             self.jobs_finished.labels(state=state)
         for error in APPLY_ERRORS:
             self.apply_failures.labels(error=error)
+        for outcome in SCHEDULE_OUTCOMES:
+            self.schedule_slots.labels(outcome=outcome)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,6 +2,9 @@
 
 No lock anywhere: the API server decides races (409 AlreadyExists on create, 409 Conflict on a stale
 resourceVersion); the loser re-lists and plans again, a bounded number of times.
+
+The runs it sees are every Job the CronJob controls, not only ours: Jobs are listed without a label selector
+(the CronJob controller's and kubectl's Jobs carry no label of ours) and kept by their controller reference.
 """
 
 from __future__ import annotations
@@ -47,14 +50,17 @@ class ApplyService:
         self.metrics = metrics
         self.clock = clock
         self.sleep = sleep
-        self.selector = J.apply_label_selector(backend.cronjob_name)
         self._active: set[str] = set()  # Jobs seen queued/running by this process, to log when they finish
         self._active_lock = threading.Lock()
 
     # ----- reading ---------------------------------------------------------------------------------------
 
     def _list(self) -> list[dict[str, Any]]:
-        jobs = self.backend.list_jobs(self.selector)
+        """Every run of the CronJob: ours, the CronJob controller's and kubectl's alike."""
+        # No label selector: only the controller reference tells a run of this CronJob, and no field
+        # selector can match it, so the namespace's Jobs are listed and filtered here.
+        name = self.backend.cronjob_name
+        jobs = [job for job in self.backend.list_jobs("") if J.is_run_of(job, name)]
         self._note_states(jobs)
         return jobs
 
@@ -68,12 +74,16 @@ class ApplyService:
                         self._active.discard(name)
                         self.metrics.jobs_finished.labels(state=state).inc()
                         reason = J.summarize_job(job)["reason"]
+                        origin = J.job_origin(job)
                         log.info(
-                            "apply finished: job=%s state=%s reason=%r",
+                            "apply finished: job=%s state=%s origin=%s reason=%r",
                             name,
                             state,
+                            origin,
                             reason,
-                            extra=event_fields("apply.finished", job=name, state=state, reason=reason),
+                            extra=event_fields(
+                                "apply.finished", job=name, state=state, origin=origin, reason=reason
+                            ),
                         )
                 else:
                     self._active.add(name)
@@ -97,7 +107,7 @@ class ApplyService:
             if job["metadata"]["name"] == name:
                 return self._answer(job)
         raise JobNotFoundError(
-            f"no apply Job {name} for CronJob {self.backend.cronjob_name} in namespace {self.backend.namespace}",
+            f"no run {name} of CronJob {self.backend.cronjob_name} in namespace {self.backend.namespace}",
             job=name,
         )
 
@@ -135,23 +145,37 @@ class ApplyService:
             self.metrics.reconcile_failures.inc()
             raise
 
-    def apply(self, *, reason: str = "", request_id: str | None = None, requested_by: str = "") -> dict[str, Any]:
-        """Start helmsman now, or queue it behind the running one, or join the waiting one."""
+    def apply(
+        self,
+        *,
+        reason: str = "",
+        request_id: str | None = None,
+        requested_by: str = "",
+        origin: J.Origin = "apply",
+    ) -> dict[str, Any]:
+        """Start helmsman now, or queue it behind the running one, or join the waiting one.
+
+        ``origin`` is apply (POST /apply) or schedule (a slot of the schedule): a Job created for a slot runs
+        helmsman with ALWAYS_UPGRADE_FLAG; one joined by a slot stays as it was created.
+        """
         self.metrics.applies_requested.inc()
         log.info(
-            "apply requested: reason=%r request_id=%s by=%s",
+            "apply requested: origin=%s reason=%r request_id=%s by=%s",
+            origin,
             reason,
             request_id,
             requested_by,
-            extra=event_fields("apply.requested", reason=reason, request_id=request_id, requested_by=requested_by),
+            extra=event_fields(
+                "apply.requested", origin=origin, reason=reason, request_id=request_id, requested_by=requested_by
+            ),
         )
         try:
-            return self._apply(reason, request_id, requested_by)
+            return self._apply(reason, request_id, requested_by, origin)
         except HelmApiError as e:
             self.metrics.apply_failures.labels(error=type(e).__name__).inc()
             raise
 
-    def _apply(self, reason: str, request_id: str | None, requested_by: str) -> dict[str, Any]:
+    def _apply(self, reason: str, request_id: str | None, requested_by: str, origin: J.Origin) -> dict[str, Any]:
         cronjob = self.backend.read_cronjob()
         J.check_cronjob(cronjob)
         attempt = coalesce_conflicts = 0
@@ -178,7 +202,7 @@ class ApplyService:
                     continue
             try:
                 if isinstance(step, J.Create):
-                    return self._create(cronjob, step, reason, request_id, requested_by)
+                    return self._create(cronjob, step, reason, request_id, requested_by, origin)
                 resumed = self._resume(step.job, request_id, reason)
                 return self._coalesced(resumed, reason)
             except (AlreadyExistsError, ConflictError):
@@ -186,10 +210,17 @@ class ApplyService:
         raise BusyError("too many concurrent applies; retry shortly", retry_after_seconds=1)
 
     def _create(
-        self, cronjob: Mapping[str, Any], step: J.Create, reason: str, request_id: str | None, requested_by: str
+        self,
+        cronjob: Mapping[str, Any],
+        step: J.Create,
+        reason: str,
+        request_id: str | None,
+        requested_by: str,
+        origin: J.Origin,
     ) -> dict[str, Any]:
         annotations = {
             J.SEQUENCE_ANNOTATION: str(step.sequence),
+            J.ORIGIN_ANNOTATION: origin,
             J.REQUESTED_AT_ANNOTATION: self.clock(),
         }
         if reason:
@@ -205,6 +236,9 @@ class ApplyService:
             labels={J.APPLY_LABEL: J.apply_label_value(self.backend.cronjob_name)},
             suspend=step.suspend,
         )
+        if origin == "schedule":
+            # The one difference from kubectl's Job: scheduled runs upgrade every release, undoing hand edits.
+            body = J.with_helmsman_flag(body, J.ALWAYS_UPGRADE_FLAG)
         created = self.backend.create_job(body)
         state = J.job_state(created)
         self.metrics.applies_created.labels(state=state).inc()
@@ -212,15 +246,17 @@ class ApplyService:
             self._active.add(step.name)
         verb = "recorded (offline, not created)" if self.backend.offline else "created"
         log.info(
-            "apply %s: job=%s state=%s reason=%r",
+            "apply %s: job=%s state=%s origin=%s reason=%r",
             verb,
             step.name,
             state,
+            origin,
             reason,
             extra=event_fields(
                 "apply.recorded" if self.backend.offline else "apply.created",
                 job=step.name,
                 state=state,
+                origin=origin,
                 reason=reason,
                 request_id=request_id,
             ),

@@ -131,10 +131,36 @@ def _free_port() -> int:
 def test_poller_image_builds_and_starts(docker_client, python_base_image):
     image = _build(docker_client, "Dockerfile.poller", "local/polling-server:test", python_base_image)
     _assert_image_metadata(image, "polling-server")
-    out = docker_client.containers.run(image.id, ["--help"], remove=True, network_mode="none")
+    out = docker_client.containers.run(image.id, ["run", "--help"], remove=True, network_mode="none")
     assert b"--config" in out
     git = docker_client.containers.run(image.id, ["--version"], entrypoint="git", remove=True, network_mode="none")
     assert git.startswith(b"git version")
+    # The daemon as the image runs it serves the status page's static files: they ship in the wheel.
+    port = _free_port()
+    config_dir = Path(tempfile.mkdtemp(prefix="poller-image-"))
+    config_dir.chmod(0o755)
+    (config_dir / "config.yaml").write_text(yaml.safe_dump({
+        "state_path": "/tmp/state.db", "http": {"host": "127.0.0.1", "port": port}, "repositories": []}))
+    (config_dir / "config.yaml").chmod(0o644)
+    container = docker_client.containers.run(
+        image.id, ["--config", "/config/config.yaml"], detach=True, network_mode="host",
+        volumes={str(config_dir): {"bind": "/config", "mode": "ro"}})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                asset = requests.get(f"http://127.0.0.1:{port}/assets/status.js", timeout=2)
+                if asset.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, container.logs()[-2000:]
+            time.sleep(0.3)
+        assert "javascript" in asset.headers["Content-Type"] and len(asset.text) > 100
+        assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    finally:
+        container.remove(force=True)
+        shutil.rmtree(config_dir, ignore_errors=True)
 
 
 def test_helm_api_image_builds_and_answers_healthz(docker_client, python_base_image):

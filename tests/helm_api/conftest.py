@@ -40,7 +40,7 @@ def cronjob(kube: KubeFake) -> dict[str, Any]:
 
 @pytest.fixture
 def make_app(kube: KubeFake) -> Iterator[Callable[..., Any]]:
-    """Build apps on the fake (reconciler thread off unless asked); stops their threads afterwards."""
+    """Build apps on the fake (reconciler and schedule threads off unless asked); stops them afterwards."""
     apps: list[Any] = []
 
     def factory(start_reconciler: bool = False, api_client: Any = None, **config: str) -> Any:
@@ -54,8 +54,11 @@ def make_app(kube: KubeFake) -> Iterator[Callable[..., Any]]:
 
     yield factory
     for app in apps:
-        app.extensions["helm_api"].reconciler.stop()
-        app.extensions["helm_api"].backend.close()
+        state = app.extensions["helm_api"]
+        if state.schedule is not None:
+            state.schedule.stop()
+        state.reconciler.stop()
+        state.backend.close()
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ def test_first_apply_creates_the_job_kubectl_would_create(client, kube, cronjob)
                 "cronjob.kubernetes.io/instantiate": "manual",
                 "example.com/team": "platform",
                 "helmsman-cd.io/apply-sequence": "1",
+                "helmsman-cd.io/apply-origin": "apply",
                 "helmsman-cd.io/apply-reason": "chart web 1.2.3",
                 "helmsman-cd.io/apply-requested-by": "127.0.0.1 (poller/1)",
             },

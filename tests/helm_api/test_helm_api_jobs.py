@@ -225,7 +225,13 @@ def apply_job(sequence: int, state: str, request_ids: list[str] | None = None) -
     if request_ids:
         annotations[J.REQUEST_IDS_ANNOTATION] = J.encode_request_ids(request_ids)
     job: dict[str, Any] = {
-        "metadata": {"name": f"job-{sequence}", "annotations": annotations, "resourceVersion": str(sequence)},
+        "metadata": {
+            "name": f"job-{sequence}",
+            "labels": {J.APPLY_LABEL: "helmsman-cronjob"},
+            "annotations": annotations,
+            "resourceVersion": str(sequence),
+            "ownerReferences": owner(),
+        },
         "spec": {"suspend": state == "queued"},
         "status": {},
     }
@@ -282,3 +288,148 @@ def test_summary_of_a_failed_job_uses_the_failed_condition_time():
     assert summary["finished_at"] == "2025-01-01T00:00:00Z"
     assert summary["reason"] == "chart bump"
     assert summary["sequence"] == 3
+
+
+# ----- runs of the CronJob that helm-api did not create ---------------------------------------------------
+
+
+def foreign_job(name: str, state: str, *, scheduled: bool = False, created: str = "2025-01-01T00:00:00Z") -> dict:
+    """A Job of the CronJob made by someone else: the CronJob controller (scheduled) or `kubectl create job
+    --from` (manual), with the metadata each of them sets."""
+    ref: dict[str, Any] = {"apiVersion": "batch/v1", "kind": "CronJob", "name": "helmsman-cronjob", "uid": UID,
+                           "controller": True}
+    if scheduled:
+        ref["blockOwnerDeletion"] = True
+        annotations = {"batch.kubernetes.io/cronjob-scheduled-timestamp": created}
+    else:
+        annotations = {"cronjob.kubernetes.io/instantiate": "manual"}
+    job: dict[str, Any] = {
+        "metadata": {"name": name, "labels": {"app": "helmsman"}, "annotations": annotations,
+                     "ownerReferences": [ref], "creationTimestamp": created, "resourceVersion": "7"},
+        "spec": {"suspend": state == "queued"},
+        "status": {},
+    }
+    if state == "succeeded":
+        job["status"]["conditions"] = [condition("Complete")]
+    if state == "failed":
+        job["status"]["conditions"] = [condition("Failed")]
+    return job
+
+
+@pytest.mark.parametrize(
+    ("refs", "expected"),
+    [
+        (owner(), True),
+        ([{**owner()[0], "blockOwnerDeletion": True}], True),  # the CronJob controller's own Jobs
+        ([{**owner()[0], "uid": "an-earlier-cronjob"}], True),  # matched by name, like the CronJob controller
+        ([{**owner()[0], "controller": False}], False),
+        ([{k: v for k, v in owner()[0].items() if k != "controller"}], False),
+        ([{**owner()[0], "name": "other-cronjob"}], False),
+        ([{**owner()[0], "kind": "Deployment", "apiVersion": "apps/v1"}], False),
+        ([{**owner()[0], "apiVersion": "example.com/v1"}], False),
+        ([{**owner()[0], "controller": False}, {**owner()[0]}], True),
+        ([], False),
+        (None, False),
+    ],
+    ids=["kubectl", "cronjob-controller", "older-uid", "not-controller", "no-controller-field", "other-name",
+         "other-kind", "other-group", "second-ref", "empty", "missing"],
+)
+def test_is_run_of_follows_the_controller_reference(refs, expected):
+    job = {"metadata": {"name": "x", "ownerReferences": refs}}
+    assert J.is_run_of(job, "helmsman-cronjob") is expected
+
+
+@pytest.mark.parametrize(
+    ("jobs", "request_id", "expected"),
+    [
+        ([foreign_job("manual-1", "running")], None, J.Create(J.next_job_name(SOURCE, 1), 1, suspend=True)),
+        ([foreign_job("cron-1", "running", scheduled=True)], None,
+         J.Create(J.next_job_name(SOURCE, 1), 1, suspend=True)),
+        ([foreign_job("manual-1", "running"), apply_job(3, "queued")], None, J.Coalesce(apply_job(3, "queued"))),
+        ([foreign_job("manual-1", "succeeded"), apply_job(3, "queued")], None, J.Resume(apply_job(3, "queued"))),
+        ([apply_job(2, "succeeded"), foreign_job("manual-1", "running")], None,
+         J.Create(J.next_job_name(SOURCE, 3), 3, suspend=True)),
+        # A suspended Job of someone else's runs nothing and is not ours to start.
+        ([foreign_job("manual-1", "queued")], None, J.Create(J.next_job_name(SOURCE, 1), 1, suspend=False)),
+        ([foreign_job("manual-1", "failed")], None, J.Create(J.next_job_name(SOURCE, 1), 1, suspend=False)),
+    ],
+    ids=["manual-running", "scheduled-running", "manual-running-ours-waiting", "manual-done-ours-waiting",
+         "sequence-from-ours", "manual-suspended", "manual-failed"],
+)
+def test_plan_apply_counts_every_run_of_the_cronjob(jobs, request_id, expected):
+    assert J.plan_apply(SOURCE, jobs, request_id) == expected
+
+
+def test_plan_reconcile_waits_for_a_foreign_run():
+    assert J.plan_reconcile([foreign_job("cron-1", "running", scheduled=True), apply_job(2, "queued")]) is None
+    assert J.plan_reconcile([foreign_job("cron-1", "failed"), apply_job(2, "queued")]) == apply_job(2, "queued")
+    assert J.plan_reconcile([foreign_job("manual-1", "queued")]) is None
+
+
+def test_origin_of_each_kind_of_run():
+    created = apply_job(1, "running")
+    created["metadata"]["annotations"][J.ORIGIN_ANNOTATION] = "apply"
+    scheduled = apply_job(2, "running")
+    scheduled["metadata"]["annotations"][J.ORIGIN_ANNOTATION] = "schedule"
+    # Without our origin annotation the creator's request id tells (the first one recorded).
+    by_id = apply_job(3, "running", ["schedule/2025-01-01T03:00:00Z", "push-1"])
+    plain = apply_job(4, "running", ["push-1", "schedule/2025-01-01T03:00:00Z"])
+    assert [J.job_origin(job) for job in (created, scheduled, by_id, plain)] == ["apply", "schedule", "schedule",
+                                                                                 "apply"]
+    assert J.job_origin(foreign_job("manual-1", "running")) == "manual"
+    assert J.job_origin(foreign_job("cron-1", "running", scheduled=True)) == "manual"
+    summary = J.summarize_job(foreign_job("manual-1", "running"))
+    assert (summary["origin"], summary["sequence"], summary["reason"]) == ("manual", 0, None)
+
+
+def test_newest_first_by_creation_time_ours_and_foreign_alike():
+    ours_old = apply_job(7, "succeeded")
+    ours_old["metadata"]["creationTimestamp"] = "2025-01-01T01:00:00Z"
+    ours_new = apply_job(8, "queued")
+    ours_new["metadata"]["creationTimestamp"] = "2025-01-01T03:00:00Z"
+    ours_same_second = apply_job(9, "queued")
+    ours_same_second["metadata"]["creationTimestamp"] = "2025-01-01T03:00:00Z"
+    manual = foreign_job("manual-1", "running", created="2025-01-01T02:00:00Z")
+    cron = foreign_job("cron-1", "succeeded", scheduled=True, created="2025-01-01T00:00:00Z")
+    ordered = J.newest_first([cron, ours_old, manual, ours_new, ours_same_second])
+    assert [job["metadata"]["name"] for job in ordered] == ["job-9", "job-8", "manual-1", "job-7", "cron-1"]
+
+
+CHART_CONTAINER = {"name": "helmsman", "image": "helmsman:v3", "command": ["helmsman", "--apply", "-f", "a.yaml"]}
+
+
+def job_with(*containers: dict) -> dict:
+    return {"metadata": {"name": "run-1"}, "spec": {"template": {"spec": {"containers": list(containers)}}}}
+
+
+@pytest.mark.parametrize(
+    ("containers", "expected"),
+    [
+        ([CHART_CONTAINER], [{**CHART_CONTAINER, "command": [*CHART_CONTAINER["command"], "--always-upgrade"]}]),
+        ([{"name": "x", "args": ["--apply"]}], [{"name": "x", "args": ["--apply", "--always-upgrade"]}]),
+        ([{"name": "x", "command": ["helmsman"], "args": ["--apply"]}],
+         [{"name": "x", "command": ["helmsman"], "args": ["--apply", "--always-upgrade"]}]),
+        ([{"name": "x", "command": ["helmsman", "--apply", "--always-upgrade"]}],
+         [{"name": "x", "command": ["helmsman", "--apply", "--always-upgrade"]}]),
+        ([{"name": "sidecar", "args": ["run"]}, CHART_CONTAINER],
+         [{"name": "sidecar", "args": ["run"]},
+          {**CHART_CONTAINER, "command": [*CHART_CONTAINER["command"], "--always-upgrade"]}]),
+    ],
+    ids=["chart-command", "args-only", "command-and-args", "already-there", "named-among-several"],
+)
+def test_with_helmsman_flag(containers, expected):
+    job = job_with(*copy.deepcopy(containers))
+    before = copy.deepcopy(job)
+    flagged = J.with_helmsman_flag(job, J.ALWAYS_UPGRADE_FLAG)
+    assert flagged["spec"]["template"]["spec"]["containers"] == expected
+    assert job == before  # pure: a copy
+
+
+@pytest.mark.parametrize(
+    "containers",
+    [[{"name": "a", "args": ["x"]}, {"name": "b", "args": ["y"]}], [{"name": "helmsman", "image": "i"}], []],
+    ids=["which-container", "entrypoint-only", "none"],
+)
+def test_with_helmsman_flag_refuses_what_it_cannot_extend(containers):
+    with pytest.raises(InvalidCronJobError, match="cannot add --always-upgrade"):
+        J.with_helmsman_flag(job_with(*containers), J.ALWAYS_UPGRADE_FLAG)
