@@ -20,7 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _suites(quick: bool) -> dict[str, Callable[[], Section]]:
-    from benchmarks import builds, chart_index, detection, helm_api_load, poll_cycle
+    from benchmarks import (
+        builds,
+        chart_index,
+        detection,
+        helm_api_load,
+        k8s_builds,
+        poll_cycle,
+        request_budget,
+        webhooks,
+    )
 
     if quick:
         return {
@@ -29,6 +38,9 @@ def _suites(quick: bool) -> dict[str, Callable[[], Section]]:
             "charts": lambda: chart_index.run(copies=1, repeat=1, unchanged_polls=3),
             "helm_api": lambda: helm_api_load.run(sequential=20, burst=50),
             "builds": lambda: builds.run(rounds=1),
+            "k8s_builds": lambda: k8s_builds.run(builds=3, lengths=(120.0,)),
+            "budget": lambda: request_budget.run(sizes=(10, 100), minutes=12, steady_from=10),
+            "webhooks": lambda: webhooks.run(webhooks.QUICK_SCENARIOS),
         }
     return {
         "poll": lambda: poll_cycle.run(),
@@ -36,6 +48,9 @@ def _suites(quick: bool) -> dict[str, Callable[[], Section]]:
         "charts": lambda: chart_index.run(),
         "helm_api": lambda: helm_api_load.run(),
         "builds": lambda: builds.run(),
+        "k8s_builds": lambda: k8s_builds.run(),
+        "budget": lambda: request_budget.run(),
+        "webhooks": lambda: webhooks.run(),
     }
 
 
@@ -101,7 +116,8 @@ def render(sections: list[Section], command: str, started: datetime, total: floa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes (a minute or so); figures are not the goals'")
-    p.add_argument("--only", nargs="+", choices=["poll", "detection", "charts", "helm_api", "builds"],
+    p.add_argument("--only", nargs="+",
+                   choices=["poll", "detection", "charts", "helm_api", "builds", "k8s_builds", "budget", "webhooks"],
                    help="run only these benchmarks")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="where to write the report")
     args = p.parse_args(argv)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from benchmarks import builds, chart_index, detection, helm_api_load, poll_cycle
+from benchmarks import builds, chart_index, detection, helm_api_load, poll_cycle, request_budget, webhooks
 from benchmarks.__main__ import render
 from benchmarks.common import Section
 from tests.fixture_paths import OPENFAAS
@@ -37,8 +37,43 @@ def test_poll_cycle():
 
 def test_detection_latency():
     section = detection.run(repos=2, hours=2, mean_push_interval=900)
-    _check(section, ["ours.pushes", "ours.missed", "ours.p50", "ours.max", "baseline.missed"])
-    assert section.figures["ours.pushes"] > 0
+    _check(section, ["ours.pushes", "ours.missed", "ours.p50", "ours.max", "baseline.missed", "webhooks.p50",
+                     "webhooks.max_delivered", "webhooks.polling_alone_p50"])
+    f = section.figures
+    assert f["ours.pushes"] > 0
+    # Webhooks + polling: the same pushes; the delivered ones are planned on arrival, the lost ones still found.
+    assert f["webhooks.pushes"] == f["ours.pushes"]
+    assert 0 < f["webhooks.delivered"] <= f["webhooks.pushes"]
+    assert f["webhooks.missed"] == 0
+    assert f["webhooks.max_delivered"] <= detection.WEBHOOK_DELAY[1]
+    assert f["webhooks.p50"] < f["webhooks.polling_alone_p50"]
+
+
+def test_request_budget():
+    # A budget of 60 points a minute, so that 40 repositories are enough to need it.
+    section = request_budget.run(sizes=(6, 40), orgs=2, minutes=4, steady_from=2, points_per_minute=60)
+    _check(section, [f"{m}.{n}.{k}" for m in ("per_repo", "org", "old") for n in (6, 40)
+                     for k in ("worst_window", "steady_per_min", "steady_feeds_per_min", "unbudgeted")])
+    f = section.figures
+    ceiling = f["ceiling"]
+    assert ceiling == 70  # 60 a minute + a burst of ten seconds' worth
+    for n in (6, 40):
+        assert f[f"old.{n}.worst_window"] == 3 * n  # every feed, branch and tags at the same instant
+        for mode in ("per_repo", "org"):
+            assert 0 < f[f"{mode}.{n}.worst_window"] <= ceiling, (mode, n)
+            assert f[f"{mode}.{n}.unbudgeted"] == 0, (mode, n)  # every request went through the budget
+    assert f["old.40.worst_window"] > ceiling  # so the budget had something to hold back
+    assert 0 < f["org.40.steady_feeds_per_min"] < f["per_repo.40.steady_feeds_per_min"]
+
+
+def test_webhook_latency():
+    scenario = webhooks.Scenario("one", "1 repository", 1, deliveries=4, spacing=0.2, after_start=0.5, deadline=60)
+    section = webhooks.run((scenario,))
+    _check(section, ["one.answer_p50", "one.planned_p50", "one.planned_p99", "one.started_p99"])
+    f = section.figures
+    assert f["one.accepted"] == 4 and f["one.missing"] == 0
+    # Every delivery was planned, then started, after its POST (each start follows its plan).
+    assert 0 < f["one.planned_p50"] <= f["one.started_p50"] and f["one.planned_p99"] <= f["one.started_p99"]
 
 
 def test_chart_index():
