@@ -174,9 +174,10 @@ def run_scenario(sc: Scenario, seed: int = 11, cache_dir: str | None = None) -> 
     cycle_log = logging.getLogger("polling_server.cycle")
     saved = (cycle_log.level, cycle_log.propagate)
     daemon = None
-    try:
-        fake = f"http://127.0.0.1:{int(server.stdout.readline())}"
-        with tempfile.TemporaryDirectory() as tmp:
+    # The daemon is stopped before its state directory goes, and the fake server after the daemon.
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            fake = f"http://127.0.0.1:{int(server.stdout.readline())}"
             settings = _settings(tmp, fake, names, sc)
             _state_with_baselines(settings, names, cache_dir)
             cycle_log.addHandler(recorder)
@@ -217,14 +218,14 @@ def run_scenario(sc: Scenario, seed: int = 11, cache_dir: str | None = None) -> 
                     recorder.changed.wait(max(0.01, min(0.5, deadline - time.perf_counter())))
             planned = [when(recorder.planned, d) for d in deliveries]
             started = [when(builder.started, d) for d in deliveries]
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        cycle_log.removeHandler(recorder)
-        cycle_log.setLevel(saved[0])
-        cycle_log.propagate = saved[1]
-        server.stdin.close()
-        server.wait(timeout=30)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+            cycle_log.removeHandler(recorder)
+            cycle_log.setLevel(saved[0])
+            cycle_log.propagate = saved[1]
+            server.stdin.close()
+            server.wait(timeout=30)
     inf = float("inf")
     return {
         "answer": [d.answered - d.sent for d in deliveries],
