@@ -136,6 +136,14 @@ class HttpSettings:
     public_url: str | None = None  # where people reach the page (links in statuses and notifications)
 
 
+# What a notification target may ask for in `events` (their meanings: notify/messages.py and the README).
+NOTIFICATION_EVENTS = (
+    "build.planned", "build.succeeded", "build.failed", "build.superseded", "release.awaiting_approval",
+    "release.rejected", "rollback", "apply.requested", "apply.failed", "apply.job_succeeded", "apply.job_failed",
+    "apply.job_unknown",
+)
+
+
 @dataclass(frozen=True)
 class NotificationTarget:
     """One place notifications go: `url` is a secret (from the environment); `events` are log event names."""
@@ -533,8 +541,15 @@ def _notifications(top: _Reader) -> tuple[NotificationTarget, ...]:
     for i, item in enumerate(raw):
         n = _Reader(top.source, f"notifications[{i}]", item, top.env)
         events = _string_list(n, "events", r"^[a-z_]+(\.[a-z_]+)?$")
+        unknown = [e for e in events if e not in NOTIFICATION_EVENTS]
+        if unknown:
+            # A misspelt event would never fire, silently.
+            n.fail(f"unknown event {unknown[0]!r} (known: {', '.join(NOTIFICATION_EVENTS)})", "events")
+        name = n.get("name", str, f"notification-{i}")
+        if any(t.name == name for t in targets):
+            n.fail(f"another notification target is called {name!r}: names must differ", "name")
         target = NotificationTarget(
-            name=n.get("name", str, f"notification-{i}"),
+            name=name,
             url=Secret(n.get("url", str, check=_http_url)),
             format=n.get("format", str, "slack", lambda v: None if v in ("slack", "json") else "must be slack or json"),
             events=tuple(events),

@@ -1,14 +1,16 @@
 """Wires the poller together (the one place where parts meet) and runs it: once, or under APScheduler.
 
 Jobs: a short tick that polls every repository whose own next poll is due (detect -> plan -> save), the chart
-poll, sending due apply requests, moving the mutable image tags (also after every build), and, hourly, pruning old
-builds with their logs (`builds.keep` per repository; also after `--once`); the build worker runs
+poll, sending due apply requests, following each accepted apply's helmsman Job, reporting (commit statuses and
+notifications: the reporter queues them in the outbox, the sender sends it), moving the mutable image tags (also
+after every build), and, hourly, pruning old builds with their logs (`builds.keep` per repository; also after
+`--once`) and old outbox rows; the build worker runs
 beside them on its own threads, so a slow build never delays detection. APScheduler's job defaults are explicit:
 one instance per job, missed runs coalesced, a grace time for late runs; a job's exception is logged by APScheduler
 and the schedule goes on.
 
 A dry run starts from a copy of the stored state kept in memory: it follows changes across its own cycles, writes
-nothing to disk, and never acts outward (no build, push, tag move or apply).
+nothing to disk, and never acts outward (no build, push, tag move, apply, commit status or notification).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5  # how often due repositories are looked for: the precision of every poll interval
 APPLY_SEND_INTERVAL_SECONDS = 5.0
+APPLY_FOLLOW_INTERVAL_SECONDS = 10.0
+REPORT_INTERVAL_SECONDS = 2.0  # the reporter queues what changed; the sender sends it on its own job
+REPORT_SEND_INTERVAL_SECONDS = 3.0
 TAG_RECONCILE_INTERVAL_SECONDS = 30.0
 PRUNE_INTERVAL_SECONDS = 3600.0  # old builds and their logs go slowly: nothing waits for the space
 PRUNE_FIRST_DELAY_SECONDS = 60.0
@@ -100,6 +105,19 @@ class Daemon:
             from polling_server.applies.helm_api_client import ApplySender
 
             self.apply_sender = ApplySender(settings, self.store, self.metrics)
+        # Reporting and following apply Jobs act outward (statuses, notifications, helm-api): never in a dry run.
+        self.reporter = self.outbox_sender = self.apply_follower = None
+        if not dry_run:
+            from polling_server.notify.reporter import Reporter
+            from polling_server.notify.sender import OutboxSender
+
+            self.reporter = Reporter(settings, self.store)
+            # Commit statuses are GitHub requests like any other: they wait on the token's budget.
+            self.outbox_sender = OutboxSender.for_settings(settings, self.store, budget=self.github_budget)
+            if settings.helm_api:
+                from polling_server.applies.job_follow import ApplyFollower
+
+                self.apply_follower = ApplyFollower(settings, self.store)
         self.scheduler: BackgroundScheduler | None = None
         self.server: HttpServer | None = None
         self.hooks_server: HttpServer | None = None
@@ -179,6 +197,18 @@ class Daemon:
             return []
         return self.apply_sender.send_due()
 
+    def follow_applies(self) -> list:
+        """Ask helm-api how each accepted apply's Job is, until it has ended."""
+        return [] if self.apply_follower is None else self.apply_follower.follow()
+
+    def report(self) -> int:
+        """Queue commit statuses and notifications for what changed (the outbox); nothing is sent here."""
+        return 0 if self.reporter is None else self.reporter.step()
+
+    def send_reports(self) -> list:
+        """Send the due outbox rows (its own job: a slow receiver never delays a build or a poll)."""
+        return [] if self.outbox_sender is None else self.outbox_sender.send_due()
+
     def poll_org_feeds(self) -> list:
         """Read each organization's feed; the repositories it names are polled now."""
         if self.org_feeds is None:
@@ -203,6 +233,11 @@ class Daemon:
             return 0
         if pruned:
             log_event(log, "builds.pruned", count=pruned, keep=self.settings.builds.keep)
+        if self.outbox_sender is not None:
+            try:
+                self.outbox_sender.prune()
+            except StateError as e:
+                log_event(log, "state.write_failed", "warning", f"cannot prune the outbox: {e}", reason=str(e))
         return pruned
 
     # --- modes --------------------------------------------------------------------------------------------
@@ -226,6 +261,9 @@ class Daemon:
             report.builds = self.worker.run_until_idle()
             self.move_tags()
             report.applies = self.send_applies()
+            self.follow_applies()
+            self.report()
+            self.send_reports()
             self.prune_builds()
         return report
 
@@ -283,6 +321,15 @@ class Daemon:
             if self.apply_sender is not None:
                 self.scheduler.add_job(self.send_applies, "interval", seconds=APPLY_SEND_INTERVAL_SECONDS,
                                        id="send-applies", next_run_time=first)
+            if self.apply_follower is not None:
+                self.scheduler.add_job(self.follow_applies, "interval", seconds=APPLY_FOLLOW_INTERVAL_SECONDS,
+                                       id="follow-applies", next_run_time=first)
+            if self.reporter is not None:
+                self.scheduler.add_job(self.report, "interval", seconds=REPORT_INTERVAL_SECONDS, id="report",
+                                       next_run_time=first)
+            if self.outbox_sender is not None:
+                self.scheduler.add_job(self.send_reports, "interval", seconds=REPORT_SEND_INTERVAL_SECONDS,
+                                       id="send-reports", next_run_time=first)
             if self.tag_mover is not None:
                 self.scheduler.add_job(self.move_tags, "interval", seconds=TAG_RECONCILE_INTERVAL_SECONDS,
                                        id="move-tags", next_run_time=first)

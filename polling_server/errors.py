@@ -86,6 +86,30 @@ class ApplyRejected(ApplyError):
         self.status = status
 
 
+# --- reports (commit statuses, notifications) ------------------------------------------------------------------
+class ReportError(PollerError):
+    """A commit status or a notification could not be delivered; the outbox row says what happens next."""
+
+
+class ReportUnavailable(ReportError):
+    """Connection refused, timeout, 5xx, a rate limit: sent again later (after `retry_after` when the server said).
+
+    `shared`: it holds for every target of the channel (GitHub's rate limit belongs to the token)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, shared: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.shared = shared
+
+
+class ReportRejected(ReportError):
+    """The receiver refused it in a way a retry cannot fix (403/404/422, a Slack error): failed for good."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
 # --- the state database ---------------------------------------------------------------------------------------
 class StateError(PollerError):
     """The state database cannot be opened, read or written; the message names the file and the problem."""

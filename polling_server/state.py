@@ -864,6 +864,36 @@ class StateStore:
             db.execute("UPDATE applies SET job_state = ?, job_followed_at = ? WHERE id = ?",
                        (job_state, self._clock(), apply_id))
 
+    def reported_statuses(self, build_ids: list[int]) -> dict[int, str | None]:
+        """The status last reported of each build (None: never), so a change can be told from what came before."""
+        rows = self._query("SELECT id, reported_status FROM builds WHERE id IN (SELECT value FROM json_each(?))",
+                           (json.dumps(list(build_ids)),))
+        return {r["id"]: r["reported_status"] for r in rows}
+
+    def applies_to_follow(self, limit: int = 20) -> list[ApplyRecord]:
+        """Accepted applies whose Job has not been seen to end (succeeded, failed, or gone: unknown)."""
+        return self._applies("WHERE status = 'accepted' AND job IS NOT NULL AND (job_state IS NULL OR job_state "
+                             "NOT IN ('succeeded', 'failed', 'unknown')) ORDER BY id LIMIT ?", (limit,))
+
+    def outbox_keys(self, keys: list[str]) -> set[str]:
+        """Which of these dedupe keys are in the outbox already (a scan's reports, queued once)."""
+        rows = self._query("SELECT dedupe_key FROM outbox WHERE dedupe_key IN (SELECT value FROM json_each(?))",
+                           (json.dumps(list(keys)),))
+        return {r["dedupe_key"] for r in rows}
+
+    def outbox_newer(self, item_id: int, key_prefix: str) -> bool:
+        """Whether a row queued after `item_id` has a dedupe key starting with `key_prefix` (a newer status)."""
+        pattern = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._query("SELECT 1 FROM outbox WHERE id > ? AND dedupe_key LIKE ? ESCAPE '\\' LIMIT 1",
+                           (item_id, pattern))
+        return bool(rows)
+
+    def prune_outbox(self, before: float) -> int:
+        """Delete sent and failed outbox rows created before `before`; returns how many."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM outbox WHERE status IN ('sent', 'failed') AND created_at < ?",
+                              (before,)).rowcount
+
     def set_backend_ref(self, build_id: int, ref: str | None) -> None:
         """The backend's own name for a build (a Kubernetes Job), kept so a restarted poller can adopt it."""
         with self._tx() as db:

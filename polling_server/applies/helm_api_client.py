@@ -1,5 +1,5 @@
-"""Asking the Helm API to run helmsman: the HTTP client for `POST /apply` (HelmApiClient) and the sender of the apply
-requests queued in the state database (ApplySender).
+"""Asking the Helm API to run helmsman: the HTTP client for `POST /apply` and `GET /apply/<job>` (HelmApiClient) and
+the sender of the apply requests queued in the state database (ApplySender).
 
 Delivery is at-least-once with deduplication: an attempt is recorded before the request is sent, and a request is
 re-sent with the same `request_id` until the Helm API accepts it; the Helm API answers a request_id it already holds
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from polling_server.config import HelmApiSettings, Settings
 from polling_server.errors import ApplyRejected, ApplyUnavailable
@@ -28,6 +29,7 @@ MAX_REASON_LENGTH = 1000  # the Helm API refuses a reason longer than 1024 chara
 MAX_CHARTS_IN_BODY = 500  # keeps the body far below the Helm API's 1 MiB limit (the reason counts them all)
 _REJECTED = frozenset({400, 401, 403, 404})
 _TRANSIENT_4XX = frozenset({408, 409, 425, 429})
+JOB_STATES = frozenset({"queued", "running", "succeeded", "failed"})  # what GET /apply/<job> answers
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,40 @@ class HelmApiClient:
             raise ApplyRejected(f"{where}: answered HTTP {status}{detail}", status)
         # 1xx/3xx/other 2xx: not what a Helm API answers; whether it took the request is unknown, so retry later.
         raise ApplyUnavailable(f"{where}: answered HTTP {status}, which is not a Helm API answer")
+
+    def job_state(self, job: str) -> str:
+        """`GET <helm_api.url>/apply/<job>`: the Job's state (queued, running, succeeded or failed), or `unknown`
+        when helm-api answers 404 naming that Job (it is gone: deleted, or removed by its TTL). Any other 404 (the
+        CronJob is missing, a wrong URL) is ApplyRejected: a configuration problem says nothing of the Job."""
+        url = f"{self.url}/{quote(job, safe='')}"
+        where = f"GET {safe_url(url)}"
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self.settings.token:
+            headers["Authorization"] = f"Bearer {self.settings.token}"
+        try:
+            resp = self.http.get(url, headers=headers, retry=False)
+        except Unreachable as e:
+            raise ApplyUnavailable(f"Helm API {e}") from None
+        status = resp.status_code
+        detail = f": {m}" if (m := server_message(resp)) else ""
+        if status == 200:
+            state = _json_field(resp, "state")
+            if not isinstance(state, str) or state not in JOB_STATES:
+                raise ApplyUnavailable(f"{where}: answered HTTP 200 without a Job state in a JSON body")
+            return state
+        if status == 404 and _json_field(resp, "job") == job:
+            return "unknown"
+        if status in _REJECTED:
+            raise ApplyRejected(f"{where}: answered HTTP {status}{detail}", status)
+        raise ApplyUnavailable(f"{where}: answered HTTP {status}{detail}")
+
+
+def _json_field(resp, key: str):
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def _parse_answer(resp, where: str) -> ApplyResult:
