@@ -75,6 +75,8 @@ class RepositoryPoller:
         self.on_planned: Callable[[], None] | None = None  # called after a scheduled poll planned builds
         self._started = clock()
         self._points: dict[str, float] = {}  # repo -> GitHub points a poll of it costs (moving average)
+        self._points_total = 0.0
+        self._github_count = sum(1 for r in settings.repositories if r.kind == "github")
         self._budget_short = False
         self.org_fed: set[str] = set()  # polled on the reconcile interval: an organization feed detects changes
         self.last_cycle_at: float | None = None
@@ -268,10 +270,12 @@ class RepositoryPoller:
         """Track what a pass over every GitHub repository costs, and say when the budget cannot cover it."""
         with self._lock:
             previous = self._points.get(repo.name)
-            self._points[repo.name] = points if previous is None else 0.8 * previous + 0.2 * points
-            github = [r.name for r in self.settings.repositories if r.kind == "github"]
-            known = [self._points[n] for n in github if n in self._points]
-            per_pass = sum(known) + (len(github) - len(known)) * (sum(known) / len(known) if known else 1.0)
+            current = points if previous is None else 0.8 * previous + 0.2 * points
+            self._points[repo.name] = current
+            self._points_total += current - (previous or 0.0)  # kept as it goes: no pass over every repository
+            known = len(self._points)
+            github = self._github_count
+            per_pass = self._points_total + (github - known) * (self._points_total / known)
             needed = budget.pass_seconds(per_pass)
             interval = self.settings.poll_interval_seconds
             short = needed > interval
@@ -280,9 +284,9 @@ class RepositoryPoller:
         if changed and short:
             log_event(log, "poll.budget_short", "warning",
                       f"the GitHub budget ({budget.points_per_minute:g} points a minute) covers a pass over "
-                      f"{len(github)} repositories in {needed:.0f}s, not the configured {interval:g}s: event-led "
+                      f"{github} repositories in {needed:.0f}s, not the configured {interval:g}s: event-led "
                       "polls and webhooks go first", effective_interval_seconds=round(needed, 1),
-                      repositories=len(github))
+                      repositories=github)
         elif changed:
             log_event(log, "poll.budget_ok", effective_interval_seconds=round(max(interval, needed), 1))
 

@@ -271,7 +271,7 @@ class Daemon:
         """Liveness: the scheduler runs and its tick ran recently. Never the disk: that is readiness."""
         now = time.time()
         last = self.poller.last_cycle_at
-        limit = max(HEALTH_TICK_LIMIT_SECONDS, 3 * TICK_SECONDS)
+        limit = HEALTH_TICK_LIMIT_SECONDS
         running = bool(self.scheduler and self.scheduler.running)
         recent = (last is not None and now - last < limit) or (last is None and now - self.started_at < limit)
         return running and recent, {"scheduler_running": running,

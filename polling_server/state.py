@@ -264,6 +264,22 @@ class Hold:
     rollback_id: int | None
 
 
+def _put_position(db: sqlite3.Connection, repo: str, tag: str, build: BuildRecord, digest: str, now: float) -> None:
+    db.execute(
+        "INSERT INTO tag_positions (repo, tag, build_id, sha, digest, version, moved_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(repo, tag) DO UPDATE SET build_id = excluded.build_id, sha = excluded.sha, "
+        "digest = excluded.digest, version = excluded.version, moved_at = excluded.moved_at",
+        (repo, tag, build.id, build.sha, digest, build.version, now))
+
+
+def _put_hold(db: sqlite3.Connection, repo: str, reason: str | None, by: str, now: float,
+              rollback_id: int | None) -> None:
+    db.execute("INSERT INTO holds (repo, reason, held_by, held_at, rollback_id) VALUES (?, ?, ?, ?, ?) "
+               "ON CONFLICT(repo) DO UPDATE SET reason = excluded.reason, held_by = excluded.held_by, "
+               "held_at = excluded.held_at, rollback_id = excluded.rollback_id",
+               (repo, reason, by, now, rollback_id))
+
+
 def _hold(r: sqlite3.Row) -> Hold:
     return Hold(r["repo"], r["reason"], r["held_by"], r["held_at"], r["rollback_id"])
 
@@ -666,10 +682,7 @@ class StateStore:
             if existing is not None and not replace:
                 raise OperatorError(f"{repo} is already held (since {_utc(existing['held_at'])} by "
                                     f"{existing['held_by']}: {existing['reason'] or 'no reason given'})")
-            db.execute("INSERT INTO holds (repo, reason, held_by, held_at, rollback_id) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT(repo) DO UPDATE SET reason = excluded.reason, held_by = excluded.held_by, "
-                       "held_at = excluded.held_at, rollback_id = excluded.rollback_id",
-                       (repo, reason, by, self._clock(), rollback_id))
+            _put_hold(db, repo, reason, by, self._clock(), rollback_id)
         return self.hold(repo)
 
     def release_hold(self, repo: str) -> Hold:
@@ -690,15 +703,8 @@ class StateStore:
                 "to_digest, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (repo, tag, by, previous.build_id if previous else None, previous.sha if previous else None,
                  previous.digest if previous else None, to.id, to.sha, digest, now)).lastrowid
-            db.execute(
-                "INSERT INTO tag_positions (repo, tag, build_id, sha, digest, version, moved_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(repo, tag) DO UPDATE SET build_id = excluded.build_id, "
-                "sha = excluded.sha, digest = excluded.digest, version = excluded.version, "
-                "moved_at = excluded.moved_at", (repo, tag, to.id, to.sha, digest, to.version, now))
-            db.execute("INSERT INTO holds (repo, reason, held_by, held_at, rollback_id) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT(repo) DO UPDATE SET reason = excluded.reason, held_by = excluded.held_by, "
-                       "held_at = excluded.held_at, rollback_id = excluded.rollback_id",
-                       (repo, f"rolled back {tag} to {to.sha[:12]}", by, now, rollback_id))
+            _put_position(db, repo, tag, to, digest, now)
+            _put_hold(db, repo, f"rolled back {tag} to {to.sha[:12]}", by, now, rollback_id)
         return rollback_id
 
     def rollbacks(self, repo: str | None = None, limit: int = 20) -> list[dict]:
@@ -923,13 +929,7 @@ class StateStore:
     def record_tag_position(self, repo: str, tag: str, build: BuildRecord, digest: str) -> None:
         """Record that `repo`'s image tag `tag` now serves `build`'s image (after the registry confirmed it)."""
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO tag_positions (repo, tag, build_id, sha, digest, version, moved_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(repo, tag) DO UPDATE SET build_id = excluded.build_id, "
-                "sha = excluded.sha, digest = excluded.digest, version = excluded.version, "
-                "moved_at = excluded.moved_at",
-                (repo, tag, build.id, build.sha, digest, build.version, self._clock()),
-            )
+            _put_position(db, repo, tag, build, digest, self._clock())
 
     def build(self, build_id: int) -> BuildRecord:
         return self._builds("WHERE id = ?", (build_id,))[0]

@@ -28,7 +28,7 @@ import requests
 import semver
 import urllib3.exceptions
 
-from polling_server.builds.registry import RegistryError, registry_client_for
+from polling_server.builds.registry import confirm_push, registry_client_for
 from polling_server.builds.source_fetch import SourceFetcher, public_url, scrub, source_url
 from polling_server.config import RepositorySettings, Settings
 from polling_server.errors import (
@@ -212,14 +212,7 @@ class ImageBuilder:
         if len(pushed) != 1:
             raise PushFailed(f"the tags of {image} were pushed with different digests: {sorted(pushed)}")
         digest = pushed.pop()
-        for tag in tags:
-            try:
-                served = self.registry.manifest_digest(name, tag)
-            except RegistryError as e:
-                raise PushFailed(f"cannot confirm the push of {image}:{tag}: {e}") from e
-            if served != digest:
-                raise PushFailed(f"the registry serves {served or 'nothing'} for {image}:{tag}, "
-                                 f"not the pushed {digest}")
+        confirm_push(self.registry, image, name, tags, digest)
         return digest
 
     def _read_push(self, stream: Iterable[dict[str, Any]], ref: str, deadline: float,

@@ -39,7 +39,7 @@ from kubernetes.config.config_exception import ConfigException
 from polling_server.builds import job_spec
 from polling_server.builds.backend import BuildSuperseded, ClusterUnavailable
 from polling_server.builds.docker_engine import BuildResult, image_labels, primary_tags
-from polling_server.builds.registry import RegistryClient, RegistryError, registry_client_for
+from polling_server.builds.registry import RegistryClient, confirm_push, registry_client_for
 from polling_server.builds.source_fetch import scrub, source_url
 from polling_server.config import KubernetesBuildSettings, RepositorySettings, Settings
 from polling_server.errors import (
@@ -141,7 +141,7 @@ class KubernetesJobBuilder:
                                    f"({self.settings.builds.timeout_seconds:g}s, its activeDeadlineSeconds)")
             raise self._failure(repo, name, reason, pods)
         digest = self._pushed_digest(name, pods)
-        self._confirm(image, repo.image, tags, digest)
+        confirm_push(self.registry, image, repo.image, tags, digest)
         return BuildResult(image=image, tags=tuple(f"{image}:{t}" for t in tags), digest=digest)
 
     # --- starting or adopting the Job ---------------------------------------------------------------------------
@@ -345,16 +345,6 @@ class KubernetesJobBuilder:
                     return digest
         raise PushFailed(f"Job {self.namespace}/{name} succeeded, but its build container reported no pushed digest "
                          f"(BuildKit's metadata in the termination message)")
-
-    def _confirm(self, image: str, name: str, tags: list[str], digest: str) -> None:
-        for tag in tags:
-            try:
-                served = self.registry.manifest_digest(name, tag)
-            except RegistryError as e:
-                raise PushFailed(f"cannot confirm the push of {image}:{tag}: {e}") from e
-            if served != digest:
-                raise PushFailed(f"the registry serves {served or 'nothing'} for {image}:{tag}, "
-                                 f"not the pushed {digest}")
 
     # --- the pod's log ------------------------------------------------------------------------------------------
     def _copy_logs(self, pods: list[dict[str, Any]], on_log: Callable[[str], None]) -> None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from polling_server.errors import PushFailed
 from polling_server.http import HttpClient, Unreachable, safe_url
 
 MANIFEST_TYPES = (
@@ -243,3 +244,14 @@ def registry_client_for(settings, http: HttpClient | None = None) -> RegistryCli
     reg = settings.registry
     return RegistryClient(reg.host, reg.username, str(reg.password) if reg.password else None, http=http,
                           scheme="http" if reg.insecure else None)
+
+
+def confirm_push(registry: RegistryClient, image: str, name: str, tags: list[str], digest: str) -> None:
+    """A push counts once the registry serves `digest` under every tag pushed (PushFailed otherwise)."""
+    for tag in tags:
+        try:
+            served = registry.manifest_digest(name, tag)
+        except RegistryError as e:
+            raise PushFailed(f"cannot confirm the push of {image}:{tag}: {e}") from e
+        if served != digest:
+            raise PushFailed(f"the registry serves {served or 'nothing'} for {image}:{tag}, not the pushed {digest}")
