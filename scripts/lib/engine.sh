@@ -11,6 +11,8 @@
 ENGINE_DIR="${ENGINE_DIR:-/tmp/cd-engine.$$}"
 _ENGINE_PIDS=()
 
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 _engine_log() { printf '[engine] %s\n' "$*" >&2; }
 
 _engine_free_port() {
@@ -31,14 +33,7 @@ _engine_install() {
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    _engine_log "missing ${missing[*]} and not root on Debian: install them, or set DOCKER_HOST to a running engine"
-    return 1
-  fi
-  _engine_log "installing ${missing[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null
-  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}" || { _engine_log "or set DOCKER_HOST to a running engine"; return 1; }
 }
 
 _engine_wait_http() {
