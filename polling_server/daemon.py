@@ -308,33 +308,8 @@ class Daemon:
         self.scheduler = BackgroundScheduler(job_defaults={
             "max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
         first = datetime.now(UTC)  # every job runs once right away, then on its interval
-        self.scheduler.add_job(self.tick, "interval", seconds=TICK_SECONDS, id="poll-repositories",
-                               next_run_time=first)
-        if self.org_feeds is not None:
-            self.scheduler.add_job(self.poll_org_feeds, "interval", seconds=self.settings.poll_interval_seconds,
-                                   id="poll-org-feeds", next_run_time=first)
-        if self.chart_watcher is not None:
-            self.scheduler.add_job(self.poll_charts, "interval",
-                                   seconds=self.settings.chart_repository.poll_interval_seconds,
-                                   id="poll-charts", next_run_time=first)
-        if not self.dry_run:
-            if self.apply_sender is not None:
-                self.scheduler.add_job(self.send_applies, "interval", seconds=APPLY_SEND_INTERVAL_SECONDS,
-                                       id="send-applies", next_run_time=first)
-            if self.apply_follower is not None:
-                self.scheduler.add_job(self.follow_applies, "interval", seconds=APPLY_FOLLOW_INTERVAL_SECONDS,
-                                       id="follow-applies", next_run_time=first)
-            if self.reporter is not None:
-                self.scheduler.add_job(self.report, "interval", seconds=REPORT_INTERVAL_SECONDS, id="report",
-                                       next_run_time=first)
-            if self.outbox_sender is not None:
-                self.scheduler.add_job(self.send_reports, "interval", seconds=REPORT_SEND_INTERVAL_SECONDS,
-                                       id="send-reports", next_run_time=first)
-            if self.tag_mover is not None:
-                self.scheduler.add_job(self.move_tags, "interval", seconds=TAG_RECONCILE_INTERVAL_SECONDS,
-                                       id="move-tags", next_run_time=first)
-            self.scheduler.add_job(self.prune_builds, "interval", seconds=PRUNE_INTERVAL_SECONDS, id="prune-builds",
-                                   next_run_time=first + timedelta(seconds=PRUNE_FIRST_DELAY_SECONDS))
+        for job_id, run, seconds, start in self._jobs(first):
+            self.scheduler.add_job(run, "interval", seconds=seconds, id=job_id, next_run_time=start)
         self.scheduler.start()
         for server in (self.server, self.hooks_server):
             if server is not None:
@@ -343,6 +318,27 @@ class Daemon:
                   health_port=self.server.port if self.server else None,
                   hooks_port=self.hooks_server.port if self.hooks_server else None)
         return self.server
+
+    def _jobs(self, first: datetime) -> list[tuple[str, object, float, datetime]]:
+        """The scheduler's jobs: (id, what, every how many seconds, first run). A dry run only detects."""
+        jobs = [("poll-repositories", self.tick, TICK_SECONDS, first)]
+        if self.org_feeds is not None:
+            jobs.append(("poll-org-feeds", self.poll_org_feeds, self.settings.poll_interval_seconds, first))
+        if self.chart_watcher is not None:
+            jobs.append(("poll-charts", self.poll_charts, self.settings.chart_repository.poll_interval_seconds, first))
+        if self.dry_run:
+            return jobs
+        acting = [
+            ("send-applies", self.send_applies, APPLY_SEND_INTERVAL_SECONDS, self.apply_sender),
+            ("follow-applies", self.follow_applies, APPLY_FOLLOW_INTERVAL_SECONDS, self.apply_follower),
+            ("report", self.report, REPORT_INTERVAL_SECONDS, self.reporter),
+            ("send-reports", self.send_reports, REPORT_SEND_INTERVAL_SECONDS, self.outbox_sender),
+            ("move-tags", self.move_tags, TAG_RECONCILE_INTERVAL_SECONDS, self.tag_mover),
+        ]
+        jobs += [(job_id, run, seconds, first) for job_id, run, seconds, part in acting if part is not None]
+        jobs.append(("prune-builds", self.prune_builds, PRUNE_INTERVAL_SECONDS,
+                     first + timedelta(seconds=PRUNE_FIRST_DELAY_SECONDS)))
+        return jobs
 
     def run_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
