@@ -85,6 +85,7 @@ class FakeGitHub:
         self._lock = threading.Lock()
         self.counted = 0  # answers other than 304: they count against the rate limit
         self.not_modified = 0
+        self.statuses = 0  # commit statuses created (POST, over real HTTP only)
         self.log: list[tuple[float, str, str]] | None = [] if record else None  # (time, route, path) answered
 
     # --- setting up ---------------------------------------------------------------------------------------
@@ -294,10 +295,23 @@ def serve(github: FakeGitHub, latency: float, port: int = 0) -> ThreadingHTTPSer
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             # Control, not GitHub: `{"repo": "o/r", "head": "<sha>"}` moves the branch now (its event is lost, so
             # only a webhook or a reconcile can tell).
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            parts = self.path.strip("/").split("/")
+            if len(parts) == 5 and parts[0] == "repos" and parts[3] == "statuses":
+                # A commit status (POST /repos/{owner}/{repo}/statuses/{sha}): accepted, as GitHub does.
+                time.sleep(latency)
+                github.statuses += 1
+                answer = b'{"state":"pending"}'
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                return
             if self.path != "/_push":
                 self.send_error(404)
                 return
-            data = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+            data = json.loads(body or b"{}")
             github.push_now(data["repo"], data["head"], data.get("event_delay"))
             self.send_response(204)
             self.send_header("Content-Length", "0")

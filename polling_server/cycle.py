@@ -1,10 +1,15 @@
 """Polling the configured repositories: fetch -> plan -> save (the builds run elsewhere), each repository at its
 own due time.
 
-The daemon calls `poll_due()` on a short tick: every repository whose next poll is due (not already being polled)
-is polled on the bounded pool, and its next poll is set to the start of this one plus the poll interval (or the
-server's X-Poll-Interval when that is longer). So the configured interval is the interval, for every repository,
-whatever the others do. `poll_all()` polls every repository now (`--once`).
+The daemon calls `poll_due()` on a short tick: repositories whose next poll is due (not already being polled) are
+polled on the bounded pool, the longest overdue first, and each one's next poll is set to the start of this one
+plus the poll interval (or the server's X-Poll-Interval when that is longer). So the configured interval is the
+interval, for every repository, whatever the others do. Only as many scheduled polls are started as the pool has
+free workers (a finished poll starts the next due one), so no poll waits in a queue with a stale place in line.
+A triggered poll (`poll_now`: a webhook, an organization feed's event) runs on a small lane of its own and is
+urgent for the request budget: it never waits behind scheduled polls, even when they have fallen behind. A trigger
+for a repository being polled hurries that poll (its remaining requests become urgent) and follows it at once.
+`poll_all()` polls every repository now (`--once`).
 
 GitHub repositories share one request budget (sources/github_budget.py): their first polls are spread over the
 interval by a stable offset per repository instead of fired as one herd, a triggered poll (webhook) is urgent, and
@@ -43,6 +48,8 @@ from polling_server.state import StateStore
 
 log = logging.getLogger(__name__)
 
+TRIGGER_WORKERS = 4  # the triggered polls' lane (at most max_concurrent_polls): triggers coalesce per repository
+
 
 @dataclass
 class CycleReport:
@@ -70,8 +77,12 @@ class RepositoryPoller:
         self._reconciled_at: dict[str, float] = {}
         self._next_due: dict[str, float] = {}  # repo -> when its next scheduled poll is due (absent: now)
         self._in_flight: set[str] = set()
+        self._polling: dict[str, tuple] = {}  # repo -> (its budget, the thread polling it), while its source reads
         self._forced: set[str] = set()  # triggered (webhook): poll at once, refs read, X-Poll-Interval aside
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # scheduled polls
+        self._trigger_pool: ThreadPoolExecutor | None = None  # triggered polls, never behind scheduled ones
+        self._scheduled_running = 0
+        self._closed = False
         self.on_planned: Callable[[], None] | None = None  # called after a scheduled poll planned builds
         self._started = clock()
         self._points: dict[str, float] = {}  # repo -> GitHub points a poll of it costs (moving average)
@@ -90,14 +101,19 @@ class RepositoryPoller:
         return self._started + offset * self.settings.poll_interval_seconds
 
     def due_repositories(self, now: float) -> list[RepositorySettings]:
-        """Repositories whose next poll is due at `now`, not being polled, and not paused by a rate limit."""
+        """Repositories whose next poll is due at `now`, not being polled, and not paused by a rate limit:
+        triggered ones first, then the longest overdue."""
         with self._lock:
-            for r in self.settings.repositories:
-                if r.name not in self._next_due:
-                    self._next_due[r.name] = self._first_due(r)
-            return [r for r in self.settings.repositories
-                    if self._next_due[r.name] <= now and r.name not in self._in_flight
-                    and self._paused_until.get(r.kind, 0.0) <= now]
+            return self._due_locked(now)
+
+    def _due_locked(self, now: float) -> list[RepositorySettings]:
+        for r in self.settings.repositories:
+            if r.name not in self._next_due:
+                self._next_due[r.name] = self._first_due(r)
+        due = [r for r in self.settings.repositories
+               if self._next_due[r.name] <= now and r.name not in self._in_flight
+               and self._paused_until.get(r.kind, 0.0) <= now]
+        return sorted(due, key=lambda r: (r.name not in self._forced, self._next_due[r.name]))
 
     def next_due(self, name: str) -> float:
         with self._lock:
@@ -112,6 +128,9 @@ class RepositoryPoller:
         with self._lock:
             self._next_due[name] = 0.0
             self._forced.add(name)
+            running = self._polling.get(name)
+            if running is not None:
+                running[0].hurry(running[1])  # the poll under way ends soon, and the triggered one follows
 
     def reconcile_now(self, name: str) -> None:
         """Make `name` due now for an ordinary poll (an organization feed overflowed): the budget spreads them."""
@@ -119,23 +138,38 @@ class RepositoryPoller:
             self._next_due[name] = 0.0
 
     def poll_due(self, wait: bool = False) -> CycleReport:
-        """Start a poll of every due repository on the pool; with `wait`, wait for them and report."""
+        """Start the polls that are due: every triggered one on its lane, scheduled ones up to the pool's free
+        workers. With `wait` (tests, benchmarks), start every due one and wait for them, and report."""
         now = self._clock()
-        due = self.due_repositories(now)
-        with self._lock:
-            self._in_flight.update(r.name for r in due)
         report = CycleReport()
-        if due:
-            pool = self._executor()
-            futures = [(r, pool.submit(self._poll_scheduled, r)) for r in due]
-            if wait:
-                for repo, future in futures:
-                    self._add(report, repo, future.result())
+        with self._lock:
+            if self._closed:
+                return report
+            due = self._due_locked(now)
+            triggered = [r for r in due if r.name in self._forced]
+            scheduled = [r for r in due if r.name not in self._forced]
+            if not wait:
+                scheduled = scheduled[:max(0, self._workers() - self._scheduled_running)]
+            self._scheduled_running += len(scheduled)
+            self._in_flight.update(r.name for r in triggered + scheduled)
+        futures = []
+        try:
+            futures += [(r, self._lane(True).submit(self._poll_scheduled, r, False, False)) for r in triggered]
+            futures += [(r, self._lane(False).submit(self._poll_scheduled, r, True, not wait)) for r in scheduled]
+        except RuntimeError:  # closed meanwhile (the daemon stops): what did not start is not in flight
+            started = {r.name for r, _ in futures}
+            with self._lock:
+                self._in_flight -= {r.name for r in triggered + scheduled} - started
+                self._scheduled_running -= sum(1 for r in scheduled if r.name not in started)
+            return report
+        if wait:
+            for repo, future in futures:
+                self._add(report, repo, future.result())
         self.last_cycle_at = now
         self.metrics.last_cycle.labels("repositories").set(now)
         return report
 
-    def _poll_scheduled(self, repo: RepositorySettings):
+    def _poll_scheduled(self, repo: RepositorySettings, scheduled: bool, then_next: bool):
         started = self._clock()
         outcome = None
         try:
@@ -149,19 +183,42 @@ class RepositoryPoller:
                              else self.settings.poll_interval_seconds)
                     self._next_due[repo.name] = max(started + every, self._not_before.get(repo.name, 0.0))
                 self._in_flight.discard(repo.name)
+                if scheduled:
+                    self._scheduled_running -= 1
+                retrigger = repo.name in self._forced
         if isinstance(outcome, tuple) and outcome[0].builds and self.on_planned is not None:
             self.on_planned()
+        if (then_next or retrigger) and not self._closed:
+            self.poll_due()  # this worker is free: the next due poll starts now, not at the next tick
         return outcome
 
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max(1, self.settings.max_concurrent_polls), thread_name_prefix="poll")
-        return self._pool
+    def _workers(self) -> int:
+        return max(1, self.settings.max_concurrent_polls)
+
+    def _lane(self, triggered: bool) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the poller is closed")
+            if triggered:
+                if self._trigger_pool is None:
+                    self._trigger_pool = ThreadPoolExecutor(min(TRIGGER_WORKERS, self._workers()),
+                                                            thread_name_prefix="poll-now")
+                return self._trigger_pool
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers(), thread_name_prefix="poll")
+            return self._pool
+
+    def stop(self) -> None:
+        """Start no more polls (the daemon stops); those running finish."""
+        with self._lock:
+            self._closed = True
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self.stop()
+        for pool in (self._trigger_pool, self._pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._trigger_pool = None
 
     # --- one pass over everything (--once) -----------------------------------------------------------------
 
@@ -219,12 +276,21 @@ class RepositoryPoller:
         reconcile = (forced or not state.baseline or last_reconcile is None
                      or now - last_reconcile >= self.settings.reconcile_interval_seconds)
         budget = getattr(source, "budget", None)
+        thread = threading.get_ident()
+        if budget is not None:
+            with self._lock:
+                self._polling[repo.name] = (budget, thread)
         try:
             with budget.prioritized(URGENT) if budget is not None and forced else nullcontext():
                 polled = source.poll(repo, self.store, state, reconcile)
         except RateLimited as e:
             self._pause(repo.kind, e)
             raise
+        finally:
+            if budget is not None:
+                with self._lock:
+                    self._polling.pop(repo.name, None)
+                    budget.unhurry(thread)
         if budget is not None:
             self._account(repo, budget, polled.counted_requests + polled.not_modified)
         self.metrics.counted_requests.inc(polled.counted_requests)

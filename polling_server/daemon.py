@@ -350,6 +350,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopped.set()
+        self.poller.stop()  # a finished poll starts the next due one itself: that ends first
         if self.scheduler and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.poller.close()

@@ -8,6 +8,7 @@ import bisect
 import json
 import re
 import threading
+import time
 
 import pytest
 import responses
@@ -17,7 +18,7 @@ from polling_server.cycle import RepositoryPoller
 from polling_server.errors import RateLimited
 from polling_server.metrics import Metrics
 from polling_server.sources.github import GitHubSource
-from polling_server.sources.github_budget import BACKGROUND, NORMAL, GitHubBudget, points_for
+from polling_server.sources.github_budget import BACKGROUND, NORMAL, URGENT, GitHubBudget, points_for
 from polling_server.state import StateStore
 from tests.clocks import FakeTime
 
@@ -33,9 +34,9 @@ def test_points_and_the_burst():
     assert points_for("GET") == 1 and points_for("post") == 5 and points_for("HEAD") == 1
     budget = GitHubBudget(600, clock=lambda: 0.0)
     assert budget.capacity == 100  # ten seconds' worth
-    assert all(budget.reserve(1, 0.0) == 0 for _ in range(100))
-    assert budget.reserve(1, 0.0) == pytest.approx(0.1)  # one point every 0.1 s after the burst
-    assert budget.reserve(1, 0.1) == 0
+    assert all(budget.reserve(1, 0.0, URGENT) == 0 for _ in range(100))
+    assert budget.reserve(1, 0.0, URGENT) == pytest.approx(0.1)  # one point every 0.1 s after the burst
+    assert budget.reserve(1, 0.1, URGENT) == 0
 
 
 def test_no_window_of_60_seconds_exceeds_the_budget_under_any_load():
@@ -55,6 +56,19 @@ def test_reconciliation_leaves_a_reserve_for_event_led_reads():
         taken += 1
     assert taken == 75  # a quarter of the burst is kept
     assert budget.reserve(1, 0.0, NORMAL) == 0  # ... for these
+
+
+def test_event_led_reads_leave_a_reserve_for_webhook_triggers():
+    budget = GitHubBudget(600, clock=lambda: 0.0)
+    taken = 0
+    while budget.reserve(1, 0.0, NORMAL) == 0:
+        taken += 1
+    assert taken == 90  # a tenth of the burst is kept ...
+    assert budget.reserve(1, 0.0, BACKGROUND) > 0
+    urgent = 0
+    while budget.reserve(1, 0.0, URGENT) == 0:
+        urgent += 1
+    assert urgent == 10  # ... for triggers alone, which may empty the bucket
 
 
 def test_a_secondary_limit_halves_the_rate_for_a_while():
@@ -132,3 +146,67 @@ def test_a_secondary_limit_answer_pauses_and_shrinks_the_budget(tmp_path):
                 settings.state_path).repo_state("acme/app"), reconcile=False)
     assert e.value.resume_at == 130.0
     assert budget.rate(1.0) == 5
+
+
+def test_waiting_requests_are_served_by_priority_then_in_the_order_they_came():
+    """A POST (5 points) waiting first is not starved by the GETs after it; a webhook trigger goes before all."""
+    now = [0.0]
+    gate = threading.Event()
+
+    def sleep(seconds):  # every wait blocks until the whole line has formed, then time passes
+        assert gate.wait(10)
+        now[0] += seconds
+
+    budget = GitHubBudget(600, clock=lambda: now[0], sleep=sleep)
+    assert budget.reserve(100, 0.0, URGENT) == 0  # the bucket is empty
+    order, threads = [], []
+
+    def one(name, method, priority):
+        with budget.prioritized(priority), budget.request(method):
+            order.append(name)
+
+    for name, method, priority in [("post", "POST", NORMAL), ("g1", "GET", NORMAL), ("g2", "GET", NORMAL),
+                                   ("background", "GET", BACKGROUND), ("g3", "GET", NORMAL),
+                                   ("trigger", "GET", URGENT)]:
+        threads.append(threading.Thread(target=one, args=(name, method, priority)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(budget._line) < len(threads):
+            assert time.monotonic() < deadline, f"{name} never got in line"
+            time.sleep(0.005)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert order == ["trigger", "post", "g1", "g2", "g3", "background"]
+
+
+def test_a_hurried_thread_goes_first_with_the_requests_it_is_already_waiting_for():
+    now = [0.0]
+    gate = threading.Event()
+
+    def sleep(seconds):
+        assert gate.wait(10)
+        now[0] += seconds
+
+    budget = GitHubBudget(600, clock=lambda: now[0], sleep=sleep)
+    assert budget.reserve(100, 0.0, URGENT) == 0
+    order, threads, idents = [], [], {}
+
+    def one(name):
+        idents[name] = threading.get_ident()
+        with budget.prioritized(BACKGROUND), budget.request():
+            order.append(name)
+
+    for name in ("first", "hurried"):
+        threads.append(threading.Thread(target=one, args=(name,)))
+        threads[-1].start()
+        while len(budget._line) < len(threads):
+            time.sleep(0.005)
+    budget.hurry(idents["hurried"])
+    assert budget._line[0][0] == URGENT and budget._line[0][2] == idents["hurried"]
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert order == ["hurried", "first"]
+    budget.unhurry(idents["hurried"])
+    assert not budget._hurried

@@ -15,6 +15,7 @@ from polling_server.metrics import Metrics
 from polling_server.planning.model import Observation
 from polling_server.sources.base import SourcePoll
 from polling_server.sources.git_remote import GitRemoteSource
+from polling_server.sources.github_budget import BACKGROUND, URGENT, GitHubBudget
 from polling_server.state import StateStore
 from tests.clocks import Clock
 from tests.gitrepo import GitRepo
@@ -161,3 +162,135 @@ def test_the_daemon_in_dry_run_follows_changes_across_cycles_and_writes_nothing(
     assert hashlib.sha256(state.read_bytes()).hexdigest() == before  # ...never on disk
     on_disk = StateStore(state)
     assert on_disk.builds() == [] and on_disk.repo_state("app").branch_head == first
+
+
+class GatedSource(RecordingSource):
+    """Scheduled polls block until the test opens the gate (as polls do when the request budget has fallen
+    behind); a poll of a repository in `free` goes through at once."""
+
+    def __init__(self, clock, free=()):
+        super().__init__(clock)
+        self.gate = threading.Event()
+        self.free = set(free)
+        self.started = threading.Semaphore(0)
+
+    def poll(self, repo, cursors, state, reconcile):
+        result = super().poll(repo, cursors, state, reconcile)
+        self.started.release()
+        if repo.name not in self.free:
+            assert self.gate.wait(20), "the gate was never opened"
+        return result
+
+
+def _gated_poller(tmp_path, names, workers, free=()):
+    settings = parse_settings({
+        "state_path": str(tmp_path / "state.db"), "poll_interval_seconds": 60, "max_concurrent_polls": workers,
+        "http": {"enabled": False},
+        "repositories": [{"url": f"/srv/{n}.git", "name": n, "image": f"team/{n}"} for n in names]}, env={})
+    source = GatedSource(time.time, free)
+    poller = RepositoryPoller(settings, StateStore(settings.state_path), Metrics(), {"git": source})
+    return poller, source
+
+
+def _wait_for(predicate, what):
+    deadline = time.monotonic() + 10
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_triggered_poll_never_waits_behind_scheduled_polls_that_have_fallen_behind(tmp_path):
+    names = [f"r{i}" for i in range(6)]
+    poller, source = _gated_poller(tmp_path, names, workers=2, free={"r5"})
+    try:
+        poller.poll_due()  # six due, two workers: two start and block, four stay due (none queued)
+        for _ in range(2):
+            assert source.started.acquire(timeout=10)
+        assert sorted(source.polls) == ["r0", "r1"]
+        assert [r.name for r in poller.due_repositories(time.time())] == ["r2", "r3", "r4", "r5"]
+        poller.poll_now("r5")  # a webhook for a repository whose scheduled poll has not started
+        assert [r.name for r in poller.due_repositories(time.time())][0] == "r5"  # triggers go first
+        poller.poll_due()
+        _wait_for(lambda: "r5" in source.polls and "r5" not in poller._in_flight, "the triggered poll waited")
+        assert sorted(source.polls) == ["r0", "r1", "r5"]  # both workers still blocked: it had its own lane
+    finally:
+        source.gate.set()
+        poller.close()
+
+
+def test_a_finished_scheduled_poll_starts_the_next_due_one_without_waiting_for_a_tick(tmp_path):
+    names = [f"r{i}" for i in range(5)]
+    poller, source = _gated_poller(tmp_path, names, workers=1)
+    try:
+        poller.poll_due()  # one tick only
+        assert source.started.acquire(timeout=10)
+        source.gate.set()
+        _wait_for(lambda: len(source.polls) == 5 and not poller._in_flight, "the due polls stopped at a tick")
+        assert all(len(times) == 1 for times in source.polls.values())  # each once: not due again for 60 s
+        assert poller.due_repositories(time.time()) == []
+    finally:
+        poller.close()
+
+
+def test_the_longest_overdue_repository_is_polled_first(tmp_path):
+    clock = Clock()
+    settings = _settings(tmp_path, ["a", "b", "c"], 60)
+    source = RecordingSource(clock)
+    poller = RepositoryPoller(settings, StateStore(settings.state_path, clock=clock), Metrics(), {"git": source},
+                              clock=clock)
+    try:
+        poller.poll_due(wait=True)  # all three at t0; next due at t0 + 60
+        clock.t += 1
+        poller.poll_now("c")
+        poller.poll_due(wait=True)  # c next due at t0 + 61
+        clock.t += 1
+        poller.reconcile_now("b")  # due now
+        clock.t += 100
+        assert [r.name for r in poller.due_repositories(clock.t)] == ["b", "a", "c"]
+    finally:
+        poller.close()
+
+
+class BudgetedSource(RecordingSource):
+    """Each poll is one reconcile read through a real request budget that starts empty (time passes only while
+    someone waits for it)."""
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.now = [0.0]
+        self.gate = threading.Event()
+        self.served: list[str] = []
+        self.budget = GitHubBudget(600, clock=lambda: self.now[0], sleep=self._sleep)
+        assert self.budget.reserve(100, 0.0, URGENT) == 0
+
+    def _sleep(self, seconds):
+        assert self.gate.wait(20), "the gate was never opened"
+        self.now[0] += seconds
+
+    def poll(self, repo, cursors, state, reconcile):
+        result = super().poll(repo, cursors, state, reconcile)
+        with self.budget.prioritized(BACKGROUND), self.budget.request():
+            self.served.append(repo.name)
+        return result
+
+
+def test_a_trigger_for_a_repository_being_polled_hurries_that_poll_and_follows_it(tmp_path):
+    settings = parse_settings({
+        "state_path": str(tmp_path / "state.db"), "poll_interval_seconds": 60, "max_concurrent_polls": 2,
+        "http": {"enabled": False},
+        "repositories": [{"url": f"/srv/{n}.git", "name": n, "image": f"team/{n}"} for n in ("slow", "b")]},
+        env={})
+    source = BudgetedSource(time.time)
+    poller = RepositoryPoller(settings, StateStore(settings.state_path), Metrics(), {"git": source})
+    try:
+        poller.poll_due()  # both polls start and wait in line for background points
+        _wait_for(lambda: len(source.budget._line) == 2, "the polls never waited for the budget")
+        poller.poll_now("b")  # a webhook for b while its reconcile waits behind slow's
+        assert source.budget._line[0][0] == URGENT
+        source.gate.set()
+        _wait_for(lambda: source.served.count("b") == 2 and not poller._in_flight, "b was not polled again")
+        assert source.served[0] == "b"  # hurried past slow's, which came first
+        assert len(source.polls["b"]) == 2 and not source.budget._hurried  # then polled again: the trigger's own
+    finally:
+        source.gate.set()
+        poller.close()
