@@ -1,5 +1,7 @@
 """The one place where HTTP requests are retried: connection errors, timeouts and 5xx, with bounded exponential
-backoff that honours Retry-After. Everything else (2xx, 304, 4xx) goes back to the caller to interpret.
+backoff that honours Retry-After. Everything else (2xx, 304, 4xx) goes back to the caller to interpret. With
+`retry=False` (a caller with a retry of its own, such as the outbox) there is one attempt and every answer, 5xx
+included, goes back to the caller, with its body and Retry-After; only no answer at all raises Unreachable.
 
 Each thread gets its own pooled requests.Session. A client built with a `budget` (GitHub's, see
 sources/github_budget.py) makes every attempt, retries included, wait for its points and a concurrency slot.
@@ -117,7 +119,7 @@ class HttpClient:
             except requests.RequestException as e:
                 raise Unreachable(f"{method} {safe_url(url)}: {type(e).__name__}") from None
             else:
-                if resp.status_code not in RETRY_STATUSES:
+                if resp.status_code not in RETRY_STATUSES or not retry:
                     return resp
                 last, status = f"HTTP {resp.status_code}", resp.status_code
                 wait = retry_after_seconds(resp.headers.get("Retry-After")) or delay
