@@ -85,7 +85,6 @@ class FakeGitHub:
         self._lock = threading.Lock()
         self.counted = 0  # answers other than 304: they count against the rate limit
         self.not_modified = 0
-        self.statuses = 0  # commit statuses created (POST, over real HTTP only)
         self.log: list[tuple[float, str, str]] | None = [] if record else None  # (time, route, path) answered
 
     # --- setting up ---------------------------------------------------------------------------------------
@@ -293,14 +292,11 @@ def serve(github: FakeGitHub, latency: float, port: int = 0) -> ThreadingHTTPSer
             self.wfile.write(body)
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            # Control, not GitHub: `{"repo": "o/r", "head": "<sha>"}` moves the branch now (its event is lost, so
-            # only a webhook or a reconcile can tell).
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             parts = self.path.strip("/").split("/")
             if len(parts) == 5 and parts[0] == "repos" and parts[3] == "statuses":
                 # A commit status (POST /repos/{owner}/{repo}/statuses/{sha}): accepted, as GitHub does.
                 time.sleep(latency)
-                github.statuses += 1
                 answer = b'{"state":"pending"}'
                 self.send_response(201)
                 self.send_header("Content-Type", "application/json")
@@ -308,6 +304,8 @@ def serve(github: FakeGitHub, latency: float, port: int = 0) -> ThreadingHTTPSer
                 self.end_headers()
                 self.wfile.write(answer)
                 return
+            # Control, not GitHub: `{"repo": "o/r", "head": "<sha>"}` moves the branch now (its event is lost, so
+            # only a webhook or a reconcile can tell).
             if self.path != "/_push":
                 self.send_error(404)
                 return

@@ -152,16 +152,9 @@ class RepositoryPoller:
                 scheduled = scheduled[:max(0, self._workers() - self._scheduled_running)]
             self._scheduled_running += len(scheduled)
             self._in_flight.update(r.name for r in triggered + scheduled)
-        futures = []
-        try:
-            futures += [(r, self._lane(True).submit(self._poll_scheduled, r, False, False)) for r in triggered]
-            futures += [(r, self._lane(False).submit(self._poll_scheduled, r, True, not wait)) for r in scheduled]
-        except RuntimeError:  # closed meanwhile (the daemon stops): what did not start is not in flight
-            started = {r.name for r, _ in futures}
-            with self._lock:
-                self._in_flight -= {r.name for r in triggered + scheduled} - started
-                self._scheduled_running -= sum(1 for r in scheduled if r.name not in started)
-            return report
+            # Submitted under the lock, so `stop` cannot come between deciding and submitting.
+            futures = [(r, self._lane(True).submit(self._run_poll, r, False, False)) for r in triggered]
+            futures += [(r, self._lane(False).submit(self._run_poll, r, True, not wait)) for r in scheduled]
         if wait:
             for repo, future in futures:
                 self._add(report, repo, future.result())
@@ -169,15 +162,17 @@ class RepositoryPoller:
         self.metrics.last_cycle.labels("repositories").set(now)
         return report
 
-    def _poll_scheduled(self, repo: RepositorySettings, scheduled: bool, then_next: bool):
+    def _run_poll(self, repo: RepositorySettings, scheduled: bool, then_next: bool):
+        """One poll on a lane; then its next due time, and (`then_next`: a scheduled worker freed) the next poll."""
         started = self._clock()
         outcome = None
         try:
             outcome = self._poll_guarded(repo)
         finally:
             with self._lock:
-                if repo.name in self._forced:
-                    self._next_due[repo.name] = 0.0  # triggered again while it was being polled
+                retrigger = repo.name in self._forced  # triggered again while it was being polled
+                if retrigger:
+                    self._next_due[repo.name] = 0.0
                 else:
                     every = (self.settings.reconcile_interval_seconds if repo.name in self.org_fed
                              else self.settings.poll_interval_seconds)
@@ -185,7 +180,6 @@ class RepositoryPoller:
                 self._in_flight.discard(repo.name)
                 if scheduled:
                     self._scheduled_running -= 1
-                retrigger = repo.name in self._forced
         if isinstance(outcome, tuple) and outcome[0].builds and self.on_planned is not None:
             self.on_planned()
         if (then_next or retrigger) and not self._closed:
@@ -196,17 +190,15 @@ class RepositoryPoller:
         return max(1, self.settings.max_concurrent_polls)
 
     def _lane(self, triggered: bool) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the poller is closed")
-            if triggered:
-                if self._trigger_pool is None:
-                    self._trigger_pool = ThreadPoolExecutor(min(TRIGGER_WORKERS, self._workers()),
-                                                            thread_name_prefix="poll-now")
-                return self._trigger_pool
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers(), thread_name_prefix="poll")
-            return self._pool
+        """The triggered or the scheduled polls' pool (the caller holds the lock, the poller is not stopped)."""
+        if triggered:
+            if self._trigger_pool is None:
+                self._trigger_pool = ThreadPoolExecutor(min(TRIGGER_WORKERS, self._workers()),
+                                                        thread_name_prefix="poll-now")
+            return self._trigger_pool
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers(), thread_name_prefix="poll")
+        return self._pool
 
     def stop(self) -> None:
         """Start no more polls (the daemon stops); those running finish."""
